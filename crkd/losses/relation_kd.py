@@ -1,0 +1,41 @@
+"""Class-relation distillation L_rKD with its adaptive weight (method.md 4.4, Cr-KD)."""
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def relation_kd_terms(teacher_logits: Tensor, student_logits: Tensor, t: float = 4.0,
+                      tau: float = 0.1, eta_at: str = "tau", form: str = "kl",
+                      detach_weight: bool = False) -> tuple[Tensor, Tensor]:
+    """The rKD loss and its per-sample weight g.
+
+    teacher_logits: [..., N, C_l] frozen teacher's known-head cosine logits.
+    student_logits: [..., N, C_l + C_u] student's joint cosine logits.
+    Leading dims (views, heads) are independent batches; the loss is averaged over them.
+    eta_at: "tau" (paper) or "tau_t" (public code) temperature for the known mass eta.
+    form: "kl" (paper) or "ce" (public code: -sum p_T log p_S, KL plus teacher entropy).
+    Returns (scalar loss, weight g of shape [..., N] with mean 1 over N).
+    """
+    n_known = teacher_logits.shape[-1]
+    temp = tau * t
+    p_t = F.softmax(teacher_logits.float() / temp, dim=-1)
+    log_p_s = F.log_softmax(student_logits[..., :n_known].float() / temp, dim=-1)
+    if form == "kl":
+        per_sample = (p_t * (torch.log(p_t.clamp_min(1e-30)) - log_p_s)).sum(-1)
+    elif form == "ce":
+        per_sample = -(p_t * log_p_s).sum(-1)
+    else:
+        raise ValueError(f"form must be 'kl' or 'ce', got {form!r}")
+    eta_temp = {"tau": tau, "tau_t": temp}[eta_at]
+    eta = F.softmax(student_logits.float() / eta_temp, dim=-1)[..., :n_known].sum(-1)
+    n = eta.shape[-1]
+    g = n * eta / eta.sum(-1, keepdim=True)
+    if detach_weight:
+        g = g.detach()
+    return (g * per_sample).mean() * t * t, g
+
+
+def relation_kd(teacher_logits: Tensor, student_logits: Tensor, t: float = 4.0,
+                tau: float = 0.1, **options) -> Tensor:
+    """Scalar rKD loss: mean_i g_i * t^2 * KL(p_T_i || p_S_i); see relation_kd_terms."""
+    return relation_kd_terms(teacher_logits, student_logits, t, tau, **options)[0]
