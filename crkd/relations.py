@@ -49,16 +49,16 @@ class CrKD(Relation):
 
     def __call__(self, ctx):
         c, u = self.cfg, ~ctx.lab
-        if not u.any():
-            return ctx.targets.new_zeros(()), {}
-        s_lab, s_unlab = ctx.student["lab"][:, u], ctx.student["unlab"][:, :, u]  # [L,Bu,Cl], [L,H,Bu,Cu]
+        s_lab, s_unlab = ctx.student["lab"], ctx.student["unlab"]  # [L, B, C_l], [L, H, B, C_u]
         heads = s_unlab.shape[1]
         joint = torch.cat([s_lab.unsqueeze(1).expand(-1, heads, -1, -1), s_unlab], dim=-1)
-        teacher = ctx.teacher["lab"][:, u].unsqueeze(1).expand(-1, heads, -1, -1)
+        teacher = ctx.teacher["lab"].unsqueeze(1).expand(-1, heads, -1, -1)
         loss, g = relation_kd_terms(teacher, joint, c.t, c.tau, eta_at=c.eta_at, form=c.kd_form,
-                                    detach_weight=c.detach_weight)
-        g = g.detach()
-        return loss, {"rkd/weight_mean": g.mean(), "rkd/weight_std": g.std(dim=-1).mean()}
+                                    detach_weight=c.detach_weight, mask=u)
+        g, m = g.detach(), u.float()
+        n = m.sum()
+        std = torch.sqrt((((g - 1) ** 2) * m).sum(-1) / (n - 1).clamp_min(1)).mean()
+        return loss, {"rkd/weight_mean": (g * m).sum(-1).mean() / n.clamp_min(1), "rkd/weight_std": std}
 
 
 RELATIONS: dict[str, type[Relation]] = {"none": NoRelation, "crkd": CrKD}

@@ -127,3 +127,23 @@ def test_swapped_prediction_matches_loop():
             pairs += 1
     assert pairs == l * (v - 1)
     assert torch.allclose(got.double(), expect / pairs, atol=1e-5)
+
+
+def test_sinkhorn_mask_equals_subset():
+    g = torch.Generator().manual_seed(9)
+    logits = torch.rand(2, 40, 6, generator=g) * 2 - 1
+    mask = torch.rand(40, generator=g) < 0.5
+    got = sinkhorn_knopp(logits, 0.05, 3, mask=mask)
+    assert torch.allclose(got[:, mask], sinkhorn_knopp(logits[:, mask], 0.05, 3), atol=1e-5)
+    assert (got[:, ~mask] == 0).all()
+    assert (sinkhorn_knopp(logits, 0.05, 3, mask=torch.zeros(40, dtype=torch.bool)) == 0).all()
+
+
+def test_relation_kd_mask_equals_subset():
+    g = torch.Generator().manual_seed(10)
+    zt, zs = torch.rand(3, 20, 4, generator=g), torch.rand(3, 20, 7, generator=g)
+    mask = torch.rand(20, generator=g) < 0.6
+    loss, w = relation_kd_terms(zt, zs, mask=mask)
+    ref, wref = relation_kd_terms(zt[:, mask], zs[:, mask])
+    assert loss.item() == pytest.approx(ref.item(), rel=1e-5)
+    assert torch.allclose(w[:, mask], wref, atol=1e-5) and (w[:, ~mask] == 0).all()

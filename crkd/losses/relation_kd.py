@@ -6,7 +6,7 @@ from torch import Tensor
 
 def relation_kd_terms(teacher_logits: Tensor, student_logits: Tensor, t: float = 4.0,
                       tau: float = 0.1, eta_at: str = "tau", form: str = "kl",
-                      detach_weight: bool = False) -> tuple[Tensor, Tensor]:
+                      detach_weight: bool = False, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """The rKD loss and its per-sample weight g.
 
     teacher_logits: [..., N, C_l] frozen teacher's known-head cosine logits.
@@ -14,7 +14,9 @@ def relation_kd_terms(teacher_logits: Tensor, student_logits: Tensor, t: float =
     Leading dims (views, heads) are independent batches; the loss is averaged over them.
     eta_at: "tau" (paper) or "tau_t" (public code) temperature for the known mass eta.
     form: "kl" (paper) or "ce" (public code: -sum p_T log p_S, KL plus teacher entropy).
-    Returns (scalar loss, weight g of shape [..., N] with mean 1 over N).
+    mask: optional [N] bool, the samples that take part (the unlabeled ones), as if
+    the others were not in the batch; avoids boolean indexing and its GPU sync.
+    Returns (scalar loss, weight g of shape [..., N] with mean 1 over the included N).
     """
     n_known = teacher_logits.shape[-1]
     temp = tau * t
@@ -28,11 +30,12 @@ def relation_kd_terms(teacher_logits: Tensor, student_logits: Tensor, t: float =
         raise ValueError(f"form must be 'kl' or 'ce', got {form!r}")
     eta_temp = {"tau": tau, "tau_t": temp}[eta_at]
     eta = F.softmax(student_logits.float() / eta_temp, dim=-1)[..., :n_known].sum(-1)
-    n = eta.shape[-1]
-    g = n * eta / eta.sum(-1, keepdim=True)
+    m = torch.ones_like(eta) if mask is None else mask.to(eta.dtype).expand_as(eta)
+    n = m.sum(-1, keepdim=True).clamp_min(1)
+    g = n * eta * m / (eta * m).sum(-1, keepdim=True).clamp_min(1e-30)
     if detach_weight:
         g = g.detach()
-    return (g * per_sample).mean() * t * t, g
+    return ((g * per_sample).sum(-1, keepdim=True) / n).mean() * t * t, g
 
 
 def relation_kd(teacher_logits: Tensor, student_logits: Tensor, t: float = 4.0,

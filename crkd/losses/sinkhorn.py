@@ -1,4 +1,6 @@
 """Sinkhorn-Knopp equal-partition pseudo-labels (method.md 4.2), in the log domain."""
+from __future__ import annotations
+
 import math
 
 import torch
@@ -6,19 +8,32 @@ from torch import Tensor
 
 
 @torch.no_grad()
-def sinkhorn_knopp(logits: Tensor, epsilon: float = 0.05, n_iters: int = 3) -> Tensor:
+def sinkhorn_knopp(logits: Tensor, epsilon: float = 0.05, n_iters: int = 3,
+                   mask: Tensor | None = None) -> Tensor:
     """Soft assignments of B samples to K classes with equal class mass.
 
     logits: [..., B, K] raw cosine scores (not divided by tau); leading dims are
-    independent problems (views, heads). Returns [..., B, K] in float32, each row
-    summing to 1 and each column to B / K.
+    independent problems (views, heads). mask: optional [B] bool, the samples that
+    take part (the others get all-zero rows); it replaces boolean indexing, which
+    would force a host-device sync on GPUs. Returns [..., B, K] in float32, each
+    included row summing to 1 and each column to B_included / K.
 
     Runs the same alternating normalisation as the reference algorithm, but on
     log-potentials (logsumexp), so small epsilon cannot underflow whole samples.
     """
-    b, k = logits.shape[-2:]
+    k = logits.shape[-1]
     log_q = logits.float() / epsilon
+    if mask is None:
+        log_b = math.log(logits.shape[-2])
+        for _ in range(n_iters):
+            log_q = log_q - torch.logsumexp(log_q, dim=-2, keepdim=True) - math.log(k)  # class mass 1/K
+            log_q = log_q - torch.logsumexp(log_q, dim=-1, keepdim=True) - log_b        # sample mass 1/B
+        return torch.exp(log_q + log_b)
+    keep = mask.view(-1, 1)
+    log_b = torch.log(mask.sum().clamp_min(1).float())
+    neg_inf = torch.tensor(float("-inf"), device=logits.device)
+    log_q = torch.where(keep, log_q, neg_inf)
     for _ in range(n_iters):
-        log_q = log_q - torch.logsumexp(log_q, dim=-2, keepdim=True) - math.log(k)  # class mass 1/K
-        log_q = log_q - torch.logsumexp(log_q, dim=-1, keepdim=True) - math.log(b)  # sample mass 1/B
-    return torch.exp(log_q + math.log(b))
+        log_q = torch.where(keep, log_q - torch.logsumexp(log_q, dim=-2, keepdim=True) - math.log(k), neg_inf)
+        log_q = torch.where(keep, log_q - torch.logsumexp(log_q, dim=-1, keepdim=True) - log_b, neg_inf)
+    return torch.exp(log_q + log_b)

@@ -60,14 +60,11 @@ class Discover(Stage):
 
     def _targets(self, logits: Tensor, y: Tensor, lab: Tensor, num_classes: int) -> Tensor:
         """[L, H, B, C_l + C]: one-hot labels for labeled samples, Sinkhorn assignments of
-        the same view and head for unlabeled ones."""
+        the same view and head for unlabeled ones. Masks, not boolean indexing: no GPU sync."""
         s, c_l = self.sc, self.data.num_known
-        n_large, heads, b, _ = logits.shape
-        targets = logits.new_zeros(n_large, heads, b, c_l + num_classes)
-        targets[:, :, lab, :c_l] = F.one_hot(y[lab], c_l).float()
-        if (~lab).any():
-            targets[:, :, ~lab, c_l:] = sinkhorn_knopp(logits[:, :, ~lab], s.sk_epsilon, s.sk_iters)
-        return targets
+        onehot = F.one_hot(torch.where(lab, y, 0), c_l).float() * lab.unsqueeze(1)          # [B, C_l]
+        assigned = sinkhorn_knopp(logits, s.sk_epsilon, s.sk_iters, mask=~lab)             # [L, H, B, C]
+        return torch.cat([onehot.expand(*assigned.shape[:2], -1, -1), assigned], dim=-1)
 
     def _swapped(self, key: str, large, small, y, lab) -> tuple[Tensor, Tensor]:
         """Per-head swapped-prediction loss [H, B] and the large views' targets."""
@@ -88,9 +85,9 @@ class Discover(Stage):
         ce, targets = self._swapped("unlab", large, small, y, lab)
         if "over" in large:
             ce = (ce + self._swapped("over", large, small, y, lab)[0]) / 2
-        b = ce.shape[1]
-        loss_l = ce[:, lab].sum(1) / b            # [H]; L_l + L_u is UNO's per-batch mean
-        loss_u = ce[:, ~lab].sum(1) / b
+        b, m = ce.shape[1], lab.float()
+        loss_l = (ce * m).sum(1) / b              # [H]; L_l + L_u is UNO's per-batch mean
+        loss_u = (ce * (1 - m)).sum(1) / b
         self.head_loss += (loss_l + loss_u).detach()
         loss_rel, logs = ce.new_zeros(()), {}
         if s.beta > 0:  # beta 0 skips the term (and the teacher forward) entirely
@@ -100,11 +97,13 @@ class Discover(Stage):
                     teacher = self._outputs(large_views, self.teacher)
             loss_rel, logs = self.relation(StepContext(large, teacher, lab, y, idx, targets, self.epoch))
         loss = loss_l.mean() + s.alpha * loss_u.mean() + s.beta * loss_rel
-        # components first, so a NaN is blamed on the term that produced it
-        values = self._check({"loss/l": loss_l.mean(), "loss/u": loss_u.mean(), "loss/rel": loss_rel,
-                              **logs, "loss/total": loss}, step)
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        # One sync per step, after the backward is queued and before the update: a
+        # non-finite loss stops here without touching the weights. Components come
+        # first so a NaN is blamed on the term that produced it.
+        values = self._check({"loss/l": loss_l.mean(), "loss/u": loss_u.mean(), "loss/rel": loss_rel,
+                              **logs, "loss/total": loss}, step)
         self.opt.step()
         return values
 

@@ -34,10 +34,10 @@ class Pretrain(Stage):
             with autocast(self.device, self.cfg.amp):
                 logits = self.model(self._views(views))["lab"].float()
             loss = F.cross_entropy(logits / s.tau, self.labels[idx].repeat(len(views)))
-            total += self._check({"loss": loss}, step)["loss"]
-            steps += 1
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            total += self._check({"loss": loss}, step)["loss"]  # before the update, as in discovery
+            steps += 1
             self.opt.step()
         return {"pretrain/loss": total / max(steps, 1)}
 
