@@ -5,7 +5,7 @@ import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
 from crkd import CheckpointError, preset
-from crkd.data.augment import Augment, _shift_hue, crop_flip
+from crkd.data.augment import Augment, color_jitter, crop_flip, jitter_affine
 from crkd.models import MultiHead, NCDModel
 
 
@@ -31,13 +31,39 @@ def test_crops_differ_per_sample_and_flip():
     assert torch.allclose(flipped, x[:1], atol=1e-6)
 
 
-def test_hue_shift_matches_torchvision():
+def test_jitter_affine_against_torchvision():
     torch.manual_seed(2)
-    x = torch.rand(8, 3, 8, 8)
-    for h in (0.0, 0.07, -0.1):
-        ours = _shift_hue(x, torch.full((8,), h))
-        ref = TF.adjust_hue(x, h)
-        assert (ours - ref).abs().max() < 1e-4
+    x = torch.rand(6, 3, 8, 8) * 0.6 + 0.2  # away from the clamp, where the one-clamp form is exact
+    one, n = torch.ones(6), torch.zeros(6)
+    f = torch.tensor([0.7, 0.9, 1.0, 1.1, 1.2, 0.8])
+    assert torch.allclose(jitter_affine(x, one, one, one, n), x, atol=1e-6)
+    for i in range(6):
+        b = jitter_affine(x, f, one, one, n)[i]
+        assert torch.allclose(b, TF.adjust_brightness(x[i], f[i].item()), atol=1e-5)
+        c = jitter_affine(x, one, f, one, n)[i]
+        assert torch.allclose(c, TF.adjust_contrast(x[i], f[i].item()), atol=1e-5)
+        s = jitter_affine(x, one, one, f, n)[i]
+        assert torch.allclose(s, TF.adjust_saturation(x[i], f[i].item()), atol=1e-5)
+    # hue: a rotation about the grey axis; exact against HSV at a third of a turn on
+    # primaries, grey stays grey, and it moves colours the way torchvision's hue does
+    prim = torch.eye(3).view(3, 3, 1, 1)
+    third = torch.full((3,), 1 / 3)
+    assert torch.allclose(jitter_affine(prim, one[:3], one[:3], one[:3], third),
+                          torch.stack([TF.adjust_hue(p, 1 / 3) for p in prim]), atol=1e-5)
+    grey = torch.rand(6, 1, 4, 4).expand(-1, 3, -1, -1)
+    assert torch.allclose(jitter_affine(grey, one, one, one, torch.full((6,), 0.1)), grey, atol=1e-5)
+    h = torch.tensor([0.1, -0.1, 0.05, -0.05, 0.02, 0.0])
+    ref = torch.stack([TF.adjust_hue(x[i], h[i].item()) for i in range(6)])
+    assert (jitter_affine(x, one, one, one, h) - ref).abs().mean() < (x - ref).abs().mean()
+
+
+def test_color_jitter_grey_and_identity():
+    torch.manual_seed(4)
+    g = torch.rand(5, 1, 8, 8)
+    assert torch.equal(color_jitter(g, 0.0, [0.4, 0.4, 0.0, 0.0]), g)
+    out = color_jitter(g, 1.0, [0.4, 0.0, 0.0, 0.0])
+    ratio = out / g
+    assert torch.allclose(ratio.amin((1, 2, 3))[out.amax((1, 2, 3)) < 1], ratio.amax((1, 2, 3))[out.amax((1, 2, 3)) < 1], atol=1e-4)
 
 
 def test_views_shapes_and_normalisation():
