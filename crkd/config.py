@@ -176,6 +176,11 @@ def _coerce(value: Any, typ: Any, what: str) -> Any:
         if isinstance(value, bool):
             return value
         raise ConfigError(f"{what} must be true or false, got {value!r}")
+    if origin in (int, float) and isinstance(value, str):
+        try:  # YAML 1.1 reads 1e-3 (no dot) as a string
+            value = float(value)
+        except ValueError:
+            pass
     if origin is int:
         if isinstance(value, bool) or not (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
             raise ConfigError(f"{what} must be an integer, got {value!r}")

@@ -26,3 +26,6 @@ class NonFiniteLoss(CrkdError, FloatingPointError):
             f"{stage}: loss term '{term}' is {value} at epoch {epoch}, step {step}; "
             f"lower the learning rate or check the term's settings"
         )
+
+    def __reduce__(self):  # picklable, so Ray can carry it from a worker to the driver
+        return type(self), (self.stage, self.epoch, self.step, self.term, self.value)

@@ -13,7 +13,6 @@ import math
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.transforms.v2.functional import equalize
 
 
 def _uniform(n: int, lo: float, hi: float, device) -> Tensor:
@@ -110,6 +109,7 @@ def solarize(x: Tensor, p: float) -> Tensor:
 def maybe_equalize(x: Tensor, p: float) -> Tensor:
     if p <= 0:
         return x
+    from torchvision.transforms.v2.functional import equalize  # slow to import: only when used
     on = torch.rand(x.shape[0], device=x.device) < p
     if on.any():
         x = x.clone()

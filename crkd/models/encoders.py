@@ -1,11 +1,11 @@
 """Encoders: torchvision's ResNet-18 (CIFAR or ImageNet stem) and a small ResNet for CPU."""
 import torch
 from torch import nn
-from torchvision.models import resnet18
 
 
 def resnet18_cifar(in_channels: int = 3) -> nn.Module:
     """ResNet-18 for 32x32 inputs: 3x3 stride-1 stem, no max-pool (method.md 2)."""
+    from torchvision.models import resnet18  # torchvision costs seconds to import: only when used
     net = resnet18(weights=None)
     net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
     nn.init.kaiming_normal_(net.conv1.weight, mode="fan_out", nonlinearity="relu")
@@ -16,6 +16,7 @@ def resnet18_cifar(in_channels: int = 3) -> nn.Module:
 
 
 def resnet18_imagenet(in_channels: int = 3) -> nn.Module:
+    from torchvision.models import resnet18
     net = resnet18(weights=None)
     if in_channels != 3:
         net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)

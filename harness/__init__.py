@@ -1,0 +1,9 @@
+"""Ray Tune harness around the crkd trainer.
+
+`harness/tune.py` is the script (read it top to bottom); the modules here hold the
+parts it needs: search-space files (`spaces`), the stage-1 teacher cache (`stage1`),
+Optuna with PRUNED trials (`search`), MLflow runs and the leaderboard (`tracking`,
+`mlflow_callback`), resuming after a killed driver (`restore`), local-or-URI paths
+(`storage`), plots (`plots`), and the `leaderboard.py` / `export.py` commands.
+Only `crkd`'s public API is used.
+"""

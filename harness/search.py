@@ -1,0 +1,119 @@
+"""OptunaSearch that tells Optuna the truth about early-stopped trials.
+
+Ray's OptunaSearch reports a trial that ASHA stopped at epoch 2 as COMPLETE with
+its epoch-2 score, so TPE models truncated scores as final ones. Here a trial
+that ends before `max_t` is told as PRUNED (its intermediate values, one per
+epoch, stay in the study), an errored one as FAIL, and only trials that reached
+`max_t` as COMPLETE.
+
+Restore: Ray saves this searcher with the experiment state, but Optuna's storage
+is written at once. If the driver was killed (kill -9) after `study.ask()` and
+before the next state snapshot, the storage holds trials that no Tune trial knows.
+RUNNING ones are adopted by the next trials Tune asks for (same parameters), so
+none stays RUNNING; finished ones stay as the results they are; and the sampler is
+reseeded, since its saved random state would draw their parameters again.
+"""
+from __future__ import annotations
+
+import logging
+import math
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+logger = logging.getLogger(__name__)
+
+
+class PruningOptunaSearch(OptunaSearch):
+    def __init__(self, *args, max_t: int, time_attr: str = "epoch", **kwargs):
+        self.max_t, self.time_attr = max_t, time_attr
+        self._last_step: dict[str, int] = {}  # trial_id -> last epoch reported to Optuna
+        super().__init__(*args, **kwargs)
+
+    def restore_from_dir(self, checkpoint_dir: str):
+        super().restore_from_dir(checkpoint_dir)
+        lost = self._lost()
+        if lost:
+            # The sampler's random state is from the snapshot, taken before these trials
+            # were drawn: unchanged, it would draw their parameters again.
+            self._ot_study.sampler.reseed_rng()
+            logger.warning("%d Optuna trial(s) started after the last saved Tune state: running ones are "
+                           "taken over by new Tune trials, finished ones stay in the study", len(lost))
+
+    # --- suggestions -----------------------------------------------------------------
+
+    def suggest(self, trial_id: str):
+        if trial_id not in self._ot_trials and not callable(self._space):
+            orphan = next((t for t in self._lost() if t.state == TrialState.RUNNING), None)
+            if orphan is not None:
+                logger.warning("Optuna trial %d was left RUNNING by an interrupted driver; "
+                               "Tune trial %s takes it over", orphan.number, trial_id)
+                self._ot_trials[trial_id] = ot_trial = optuna.Trial(self._ot_study, orphan._trial_id)
+                for name, dist in self._space.items():
+                    _suggest(ot_trial, name, dist)  # returns the stored value if already drawn
+        params = super().suggest(trial_id)
+        if params is not None:
+            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+        return params
+
+    def _lost(self) -> list:
+        """Trials in the storage that the (restored) searcher does not know."""
+        known = {t.number for t in self._ot_trials.values()}
+        return [t for t in self._ot_study.get_trials(deepcopy=False)
+                if t.number not in known and t.state != TrialState.WAITING]
+
+    # --- results -----------------------------------------------------------------------
+
+    def on_trial_result(self, trial_id: str, result: dict):
+        # Intermediate values by discovery epoch (Ray uses training_iteration, which
+        # restarts from the checkpoint's count on resume).
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        value, step = result.get(self._metric), result.get(self.time_attr)
+        if value is None or step is None or not math.isfinite(float(value)):
+            return
+        try:
+            self._ot_trials[trial_id].report(float(value), int(step))
+            self._last_step[trial_id] = int(step)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            # Told before a killed driver's state was saved: Tune reruns its last epochs.
+            self._completed_trials.add(trial_id)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        value = result.get(self._metric) if result else None
+        reached = int(result.get(self.time_attr, 0)) if result else 0
+        if error:
+            state, values = TrialState.FAIL, None
+        elif value is None or not math.isfinite(float(value)):
+            state, values = TrialState.FAIL, None
+        elif reached < self.max_t:
+            state, values = TrialState.PRUNED, None
+        else:
+            state, values = TrialState.COMPLETE, float(value)
+        try:
+            ot_trial.set_user_attr("epochs_reached", reached)
+            if (value is not None and math.isfinite(float(value)) and reached
+                    and self._last_step.get(trial_id) != reached):
+                # Ray passes the stopping result here and not to on_trial_result: without this
+                # a PRUNED trial's value would be its second-to-last epoch's.
+                ot_trial.report(float(value), reached)
+            self._ot_study.tell(ot_trial, values, state=state)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            pass  # told before a killed driver's state was saved; the rerun changes nothing
+        except Exception as exc:
+            logger.warning("Optuna tell for trial %s: %s", trial_id, exc)
+        self._completed_trials.add(trial_id)
+
+
+def _suggest(trial: optuna.Trial, name: str, dist) -> None:
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+    if isinstance(dist, FloatDistribution):
+        trial.suggest_float(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    elif isinstance(dist, IntDistribution):
+        trial.suggest_int(name, dist.low, dist.high, log=dist.log, step=dist.step)
+    elif isinstance(dist, CategoricalDistribution):
+        trial.suggest_categorical(name, dist.choices)

@@ -1,0 +1,139 @@
+"""Harness parts without Ray: the stage-1 cache (locking, object stores), the PRUNED
+bookkeeping of the Optuna searcher, and the error line shown for failed trials."""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+
+import pytest
+
+pytest.importorskip("optuna", exc_type=ImportError)
+pytest.importorskip("ray.tune", exc_type=ImportError)
+
+import crkd  # noqa: E402
+from harness.stage1 import Stage1Cache  # noqa: E402
+
+FAST = ["pretrain.epochs=3", "discover.epochs=2", "model.widths=[8,16,16]", "model.hidden_dim=32",
+        "model.proj_dim=16"]
+
+
+def tiny_config(**extra):
+    return crkd.load_config(benchmark="digits", overrides=FAST + [f"{k}={v}" for k, v in extra.items()])
+
+
+def _get_teacher(root, barrier, queue):
+    import torch
+    torch.set_num_threads(1)
+    cfg = tiny_config()
+    barrier.wait()  # both processes ask at the same moment
+    path, how = Stage1Cache(root).teacher(cfg, who=str(os.getpid()), log=lambda m: None)
+    queue.put((how, path))
+
+
+def test_stage1_cache_trains_once_under_contention(tmp_path):
+    ctx = mp.get_context("spawn")
+    barrier, queue = ctx.Barrier(2), ctx.Queue()
+    procs = [ctx.Process(target=_get_teacher, args=(str(tmp_path), barrier, queue)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [queue.get(timeout=120) for _ in procs]
+    for p in procs:
+        p.join(timeout=60)
+        assert p.exitcode == 0
+    assert sorted(how for how, _ in results) == ["trained", "waited"]
+    (path,) = {p for _, p in results}
+    key = crkd.stage1_key(tiny_config())
+    assert path == str(tmp_path / key / "teacher.pt")
+    info = json.loads((tmp_path / key / "teacher.json").read_text())
+    assert info["key"] == key and info["epochs"] == 3
+    assert sorted(os.listdir(tmp_path / key)) == [".lock", "teacher.json", "teacher.pt"]  # no temp files left
+
+    # stage-2 values do not change the key: a hit; a stage-1 value does: another teacher
+    assert Stage1Cache(str(tmp_path)).teacher(tiny_config(**{"discover.beta": 0.5}), log=lambda m: None)[1] == "hit"
+    assert crkd.stage1_key(tiny_config(**{"pretrain.lr": 0.05})) != key
+    crkd.Discover(tiny_config(), path)  # a usable teacher
+
+
+def test_stage1_cache_object_store(tmp_path):
+    import pyarrow.fs as pafs
+    bucket = tmp_path / "bucket"
+    bucket.mkdir()
+    fs = pafs.SubTreeFileSystem(str(bucket), pafs.LocalFileSystem())
+    cfg = tiny_config()
+    first = Stage1Cache("cache", filesystem=fs, mirror=str(tmp_path / "node1"))
+    path1, how1 = first.teacher(cfg, log=lambda m: None)
+    key = crkd.stage1_key(cfg)
+    assert how1 == "trained" and (bucket / "cache" / key / "teacher.pt").is_file()
+    assert (bucket / "cache" / key / "teacher.json").is_file()
+    other_node = Stage1Cache("cache", filesystem=fs, mirror=str(tmp_path / "node2"))
+    path2, how2 = other_node.teacher(cfg, log=lambda m: None)
+    assert how2 == "hit" and path2 != path1
+    assert open(path1, "rb").read() == open(path2, "rb").read()
+
+
+# --- the searcher ------------------------------------------------------------------------
+
+def make_searcher(storage, max_t=4, points=None):
+    from optuna.distributions import FloatDistribution
+    from optuna.samplers import TPESampler
+    from harness.search import PruningOptunaSearch
+    return PruningOptunaSearch(space={"x": FloatDistribution(0.0, 1.0)}, metric="acc", mode="max", max_t=max_t,
+                               points_to_evaluate=points, sampler=TPESampler(seed=0), study_name="s",
+                               storage=storage)
+
+
+def test_searcher_marks_early_stopped_trials_pruned():
+    import optuna
+    from optuna.trial import TrialState
+    storage = optuna.storages.InMemoryStorage()
+    s = make_searcher(storage, points=[{"x": 0.5}])
+    assert s.suggest("a") == {"x": 0.5}  # the enqueued default comes first
+    s.suggest("b"), s.suggest("c"), s.suggest("d")
+    s.on_trial_result("a", {"acc": 0.1, "epoch": 1, "training_iteration": 1})
+    s.on_trial_complete("a", {"acc": 0.3, "epoch": 2})          # ASHA stop at epoch 2
+    for e in (1, 2, 3):
+        s.on_trial_result("b", {"acc": 0.1 * e, "epoch": e})
+    s.on_trial_complete("b", {"acc": 0.6, "epoch": 4})          # reached max_t
+    s.on_trial_complete("c", None, error=True)                  # NaN loss
+    s.on_trial_complete("d", {"acc": float("nan"), "epoch": 4})  # a NaN score is no score
+    trials = {t.user_attrs["tune_trial_id"]: t for t in optuna.load_study(study_name="s", storage=storage).trials}
+    assert trials["a"].state == TrialState.PRUNED and trials["a"].intermediate_values == {1: 0.1, 2: 0.3}
+    assert trials["a"].user_attrs["epochs_reached"] == 2
+    assert trials["b"].state == TrialState.COMPLETE and trials["b"].value == 0.6
+    assert trials["c"].state == TrialState.FAIL and trials["d"].state == TrialState.FAIL
+    s.on_trial_complete("a", {"acc": 0.9, "epoch": 4})  # a repeat is ignored
+    assert optuna.load_study(study_name="s", storage=storage).trials[0].state == TrialState.PRUNED
+
+
+def test_searcher_adopts_trials_an_interrupted_driver_left_running():
+    import optuna
+    from optuna.trial import TrialState
+    storage = optuna.storages.InMemoryStorage()
+    s1 = make_searcher(storage)
+    s1.suggest("a")
+    s1.on_trial_complete("a", {"acc": 0.5, "epoch": 4})
+    s1.suggest("b")  # asked, then the driver died before Tune saved it
+    orphan = s1._ot_trials["b"]
+    s2 = make_searcher(storage)  # the restored searcher knows "a" only
+    s2._ot_trials = {"a": s1._ot_trials["a"]}
+    s2._completed_trials = {"a"}
+    assert s2.suggest("c") == {"x": orphan.params["x"]}
+    s2.on_trial_complete("c", {"acc": 0.7, "epoch": 4})
+    trials = optuna.load_study(study_name="s", storage=storage).trials
+    assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert trials[1].user_attrs["tune_trial_id"] == "c"
+
+
+def test_error_line_picks_the_exception(tmp_path):
+    from harness.mlflow_callback import error_line
+
+    class T:
+        error_file = str(tmp_path / "error.txt")
+    (tmp_path / "error.txt").write_text(
+        "Failure # 1 (occurred at 2026-01-01)\nray::ImplicitFunc.train() (pid=1)\n  File \"x.py\", line 3\n"
+        "    raise NonFiniteLoss(...)\ncrkd.errors.NonFiniteLoss: discover: loss term 'loss/total' is nan at "
+        "epoch 2, step 1; lower the learning rate or check the term's settings\n"
+        "Failure # 2 (occurred at 2026-01-01)\nray::ImplicitFunc.train()\n"
+        "harness.storage.RepeatedFailure: NonFiniteLoss: discover: loss term 'loss/total' is nan at epoch 2\n")
+    assert error_line(T()).startswith("NonFiniteLoss: discover: loss term 'loss/total' is nan at epoch 2")
