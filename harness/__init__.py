@@ -7,3 +7,14 @@ Optuna with PRUNED trials (`search`), MLflow runs and the leaderboard (`tracking
 (`storage`), plots (`plots`), and the `leaderboard.py` / `export.py` commands.
 Only `crkd`'s public API is used.
 """
+
+import argparse
+import sys
+
+
+class Parser(argparse.ArgumentParser):
+    """Command-line misuse is one `error:` line and exit code 2 (argparse would print the usage)."""
+
+    def error(self, message):
+        sys.stderr.write(f"error: {message} (see --help)\n")
+        sys.exit(2)

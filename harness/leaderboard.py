@@ -11,19 +11,12 @@ failed ones.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from harness import tracking  # noqa: E402
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):
-        sys.stderr.write(f"error: {message} (see --help)\n")
-        sys.exit(2)
+from harness import Parser, tracking  # noqa: E402
 
 
 def main(argv=None) -> int:

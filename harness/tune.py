@@ -30,7 +30,7 @@ sys.path.insert(0, ROOT)  # `python harness/tune.py` from anywhere: import the h
 import crkd  # noqa: E402
 from crkd.errors import ConfigError, CrkdError  # noqa: E402
 
-from harness import spaces, storage  # noqa: E402
+from harness import Parser, spaces, storage  # noqa: E402
 from harness.stage1 import Stage1Cache  # noqa: E402
 
 # ---------------------------------------------------------------------------------------
@@ -56,12 +56,6 @@ BENCH_DEFAULTS = {"digits": (12, 1, False), "imagenet": (16, 4, True), "other": 
 # --smoke-test: a tiny model and a few epochs, so a whole study takes seconds.
 SMOKE = ["pretrain.epochs=3", "discover.epochs=4", "model.widths=[8,16,16]",
          "model.hidden_dim=32", "model.proj_dim=16"]
-
-
-class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2 (argparse prints the whole usage)
-        sys.stderr.write(f"error: {message} (see --help)\n")
-        sys.exit(2)
 
 
 def fail(message: str) -> None:
