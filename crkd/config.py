@@ -151,9 +151,6 @@ class Config:
         return out
 
 
-BENCHMARK_SECTIONS = ("data", "aug", "model", "pretrain", "discover")
-
-
 def _merge(obj, d: dict, where: str, prefix: str) -> None:
     hints = get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
