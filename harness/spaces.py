@@ -164,9 +164,9 @@ def load_space(name_or_path: str, benchmark: str, text: str | None = None) -> Sp
         raise SpaceError(f"{where}: fixed: must be a mapping of trainer fields, e.g. {{discover.kd_form: ce}}")
     for key, value in list(fixed.items()):
         _check_field(where, f"fixed.{key}", key, flat)
-        fixed[key] = value = numeric(value, flat[key])
         try:
-            crkd.validate(crkd.apply_overrides(copy.deepcopy(base), {key: value}))
+            cfg = crkd.validate(crkd.apply_overrides(copy.deepcopy(base), {key: value}))
+            fixed[key] = cfg.flat()[key]  # typed by crkd (YAML 1.1 reads 1e-3 as a string)
         except ConfigError as e:
             raise SpaceError(f"{where}: fixed.{key}: {e}") from None
     base = crkd.apply_overrides(copy.deepcopy(base), dict(fixed)) if fixed else base
@@ -192,19 +192,8 @@ def load_space(name_or_path: str, benchmark: str, text: str | None = None) -> Sp
     return Space(name, path, text, str(doc.get("description") or ""), params, dict(fixed), default_first)
 
 
-def numeric(value: Any, current: Any) -> Any:
-    """YAML 1.1 (PyYAML) reads 1e-3 as a string: make it a number where the field is one."""
-    if isinstance(value, str) and isinstance(current, (int, float)) and not isinstance(current, bool):
-        try:
-            f = float(value)
-        except ValueError:
-            return value
-        return int(f) if isinstance(current, int) and f.is_integer() else f
-    return value
-
-
 def parse_sets(items: list[str], benchmark: str) -> dict[str, Any]:
-    """--set key=value strings as {dotted key: value}, values read as YAML (numbers fixed up)."""
+    """--set key=value strings as {dotted key: value}, values read as YAML (crkd types them)."""
     flat = crkd.preset(benchmark).flat()
     out: dict[str, Any] = {}
     for item in items:
@@ -218,7 +207,7 @@ def parse_sets(items: list[str], benchmark: str) -> dict[str, Any]:
         if key not in flat:
             near = difflib.get_close_matches(key, list(flat), n=1, cutoff=0.6)
             raise ConfigError(f"--set {key}: unknown trainer field" + (f"; did you mean '{near[0]}'?" if near else ""))
-        out[key] = numeric(value, flat[key])
+        out[key] = crkd.apply_overrides(crkd.preset(benchmark), {key: value}).flat()[key]  # typed by crkd
     return out
 
 

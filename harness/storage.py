@@ -77,9 +77,8 @@ def exists(path: str) -> bool:
 # read it and fail at once with the same message.
 
 class TrialFailed(RuntimeError):
-    """A deterministic trial failure, as "ErrorType: message". crkd's own exceptions are
-    not re-raised as they are: NonFiniteLoss cannot be copied or pickled by Ray (its
-    __init__ takes the stage, epoch, step, term and value), which buries the message."""
+    """A deterministic trial failure, as "ErrorType: message": one exception type for the
+    driver to recognise, whichever crkd error (NonFiniteLoss, ConfigError, ...) caused it."""
 
 
 class RepeatedFailure(TrialFailed):

@@ -22,17 +22,12 @@ def sinkhorn_knopp(logits: Tensor, epsilon: float = 0.05, n_iters: int = 3,
     log-potentials (logsumexp), so small epsilon cannot underflow whole samples.
     """
     k = logits.shape[-1]
-    log_q = logits.float() / epsilon
     if mask is None:
-        log_b = math.log(logits.shape[-2])
-        for _ in range(n_iters):
-            log_q = log_q - torch.logsumexp(log_q, dim=-2, keepdim=True) - math.log(k)  # class mass 1/K
-            log_q = log_q - torch.logsumexp(log_q, dim=-1, keepdim=True) - log_b        # sample mass 1/B
-        return torch.exp(log_q + log_b)
+        mask = torch.ones(logits.shape[-2], dtype=torch.bool, device=logits.device)
     keep = mask.view(-1, 1)
     log_b = torch.log(mask.sum().clamp_min(1).float())
     neg_inf = torch.tensor(float("-inf"), device=logits.device)
-    log_q = torch.where(keep, log_q, neg_inf)
+    log_q = torch.where(keep, logits.float() / epsilon, neg_inf)
     for _ in range(n_iters):
         log_q = torch.where(keep, log_q - torch.logsumexp(log_q, dim=-2, keepdim=True) - math.log(k), neg_inf)
         log_q = torch.where(keep, log_q - torch.logsumexp(log_q, dim=-1, keepdim=True) - log_b, neg_inf)
