@@ -1,7 +1,10 @@
-"""Typed configuration: defaults from method.md, presets per benchmark, YAML round trip.
+"""Typed configuration: the methods' defaults (docs/methods.md), presets per benchmark,
+YAML round trip.
 
 One dataclass per concern; `Config` holds them all and is what every checkpoint,
-CLI run and tracked trial carries. Overrides are dotted `key=value` strings.
+CLI run and tracked trial carries. Overrides are dotted `key=value` strings. The
+`relation` section is the options dataclass of the term `discover.relation` names
+(crkd.relations); changing the term swaps the section for the new term's defaults.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ from typing import Any, get_args, get_origin, get_type_hints
 import yaml
 
 from .errors import ConfigError
+from .relations import RELATIONS, Options
 
 
 @dataclass
@@ -44,10 +48,15 @@ class AugConfig:
     jitter: list = field(default_factory=lambda: [0.4, 0.4, 0.2, 0.1])  # brightness, contrast, saturation, hue
     jitter_p: float = 0.6
     small_jitter_p: float = 0.8
-    solarize_p: float = 0.1
+    solarize_p: float = 0.1     # UNO's Solarize: threshold uniform in [0, 256) per image
     small_solarize_p: float = 0.2
     equalize_p: float = 0.1
     small_equalize_p: float = 0.2
+    grayscale_p: float = 0.0    # UNO's ImageNet recipe: RandomGrayscale and Gaussian blur
+    small_grayscale_p: float = 0.0
+    blur_p: float = 0.0
+    small_blur_p: float = 0.0
+    blur_sigma: list = field(default_factory=lambda: [0.1, 2.0])
     mean: list = field(default_factory=list)  # empty: per-channel statistics of the training images
     std: list = field(default_factory=list)
 
@@ -60,7 +69,7 @@ class ModelConfig:
     num_heads: int = 4
     hidden_dim: int = 2048
     proj_dim: int = 256
-    overcluster: int = 0        # over-clustering factor; 0 = off (Cr-KD), UNO uses 3-10
+    overcluster: int = -1       # over-clustering factor; 0 off, -1 auto: UNO's factor for `uno`, else off
 
 
 @dataclass
@@ -75,12 +84,13 @@ class PretrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     tau: float = 0.1
+    bn_views: str = "separate"  # each view through BatchNorm on its own (UNO), or "joint" (one batch)
     eval_every: int = 1
 
 
 @dataclass
 class DiscoverConfig:
-    """Stage 2 (method.md 4): L = L_l + alpha L_u + beta L_rel."""
+    """Stage 2: L = L_l + alpha L_u + beta * L_rel, L_rel the term `relation` names."""
     epochs: int = 500
     batch_size: int = 512
     lr: float = 0.4
@@ -90,16 +100,19 @@ class DiscoverConfig:
     momentum: float = 0.9
     weight_decay: float = 1.5e-4
     alpha: float = 1.0
-    beta: float = 0.1
+    beta: float = 0.1           # weight of the relation term (its options: the `relation` section)
     tau: float = 0.1            # softmax temperature of the joint prediction
-    t: float = 4.0              # KD temperature (on top of tau)
     sk_epsilon: float = 0.05
     sk_iters: int = 3
-    relation: str = "crkd"      # crkd.relations.RELATIONS; "none" = UNO baseline
-    eta_at: str = "tau"         # "tau" (paper) or "tau_t" (public code)
-    kd_form: str = "kl"         # "kl" (paper) or "ce" (public code)
-    detach_weight: bool = False
+    relation: str = "crkd"      # crkd.relations.RELATIONS: uno, none, crkd, crkd-code, refilled, ...
+    sampling: str = "mixed"     # "mixed": batches from all images shuffled; "paired": half labeled,
+                                # half unlabeled with the unlabeled set cycled (UNO's ImageNet)
+    bn_views: str = "separate"  # each view through BatchNorm on its own (UNO), or "joint"
     eval_every: int = 1
+
+
+def _default_relation() -> Options:
+    return RELATIONS[DiscoverConfig.relation].Options()
 
 
 @dataclass
@@ -108,11 +121,22 @@ class Config:
     device: str = "auto"        # auto | cpu | cuda
     amp: bool = True            # bf16 autocast on CUDA
     channels_last: bool = True  # CUDA only
+    threads: int = 0            # torch CPU threads (0: torch's default); results depend on it bit for bit
     data: DataConfig = field(default_factory=DataConfig)
     aug: AugConfig = field(default_factory=AugConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
     discover: DiscoverConfig = field(default_factory=DiscoverConfig)
+    relation: Options = field(default_factory=_default_relation)  # options of discover.relation
+
+    def sync_relation(self, where: str = "config") -> None:
+        """Make `relation` the options of the term `discover.relation` names (its defaults
+        if the term changed)."""
+        name = self.discover.relation
+        if name not in RELATIONS:
+            raise ConfigError(f"{where}: discover.relation {name!r} is unknown; choose one of {', '.join(RELATIONS)}")
+        if type(self.relation) is not RELATIONS[name].Options:
+            self.relation = RELATIONS[name].Options()
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -151,13 +175,20 @@ class Config:
         return out
 
 
+# Keys that moved into the `relation` section when the terms became plug-ins.
+MOVED = {"discover.t": "relation.t", "discover.eta_at": "relation.eta_at",
+         "discover.kd_form": "relation.form", "discover.detach_weight": "relation.detach_weight"}
+
+
 def _merge(obj, d: dict, where: str, prefix: str) -> None:
     hints = get_type_hints(type(obj))
     names = [f.name for f in dataclasses.fields(obj)]
-    for key, value in d.items():
+    # The relation section is typed by discover.relation: merge it after the discover section.
+    for key, value in sorted(d.items(), key=lambda kv: kv[0] == "relation"):
         if key not in names:
-            raise ConfigError(
-                f"{where}: unknown key '{prefix}{key}'; valid keys here: {', '.join(names)}")
+            moved = MOVED.get(f"{prefix}{key}")
+            hint = f"it is now '{moved}'" if moved else f"valid keys here: {', '.join(names)}"
+            raise ConfigError(f"{where}: unknown key '{prefix}{key}'; {hint}")
         current = getattr(obj, key)
         if dataclasses.is_dataclass(current):
             if not isinstance(value, dict):
@@ -165,6 +196,8 @@ def _merge(obj, d: dict, where: str, prefix: str) -> None:
             _merge(current, value, where, f"{prefix}{key}.")
         else:
             setattr(obj, key, _coerce(value, hints[key], f"{where}: '{prefix}{key}'"))
+        if isinstance(obj, Config) and key == "discover":
+            obj.sync_relation(where)
 
 
 def _coerce(value: Any, typ: Any, what: str) -> Any:
@@ -202,7 +235,8 @@ def _coerce(value: Any, typ: Any, what: str) -> Any:
 def apply_overrides(cfg: Config, overrides: list[str] | dict[str, Any]) -> Config:
     """Apply `section.key=value` strings (values parsed as YAML) or a {dotted: value} dict in place."""
     items = overrides.items() if isinstance(overrides, dict) else [_split(o) for o in overrides]
-    for key, value in items:
+    # A new term first, so that its options can be set in the same call.
+    for key, value in sorted(items, key=lambda kv: kv[0] != "discover.relation"):
         parts = key.split(".")
         nested: Any = value
         for p in reversed(parts):
@@ -226,7 +260,7 @@ def validate(cfg: Config) -> Config:
     """Reject values the trainer cannot run with, before any expensive work."""
     d, p, a, m = cfg.discover, cfg.pretrain, cfg.aug, cfg.model
     positive = {
-        "discover.tau": d.tau, "discover.t": d.t, "discover.sk_epsilon": d.sk_epsilon,
+        "discover.tau": d.tau, "discover.sk_epsilon": d.sk_epsilon,
         "pretrain.tau": p.tau, "discover.lr": d.lr, "pretrain.lr": p.lr,
     }
     for k, v in positive.items():
@@ -242,21 +276,23 @@ def validate(cfg: Config) -> Config:
               "pretrain.eval_every"):
         if cfg.flat()[k] < 1:
             raise ConfigError(f"{k} must be >= 1, got {cfg.flat()[k]}")
-    for k in ("discover.warmup", "pretrain.warmup", "aug.num_small", "aug.pad", "model.overcluster",
+    for k in ("discover.warmup", "pretrain.warmup", "aug.num_small", "aug.pad", "threads",
               "data.num_known", "data.num_novel", "aug.size", "aug.small_size"):
         if cfg.flat()[k] < 0:
             raise ConfigError(f"{k} must be >= 0, got {cfg.flat()[k]}")
     if a.num_large < 2:
         raise ConfigError(f"aug.num_large must be >= 2 (swapped prediction needs two large views), got {a.num_large}")
-    if d.eta_at not in ("tau", "tau_t"):
-        raise ConfigError(f"discover.eta_at must be 'tau' or 'tau_t', got {d.eta_at!r}")
-    if d.kd_form not in ("kl", "ce"):
-        raise ConfigError(f"discover.kd_form must be 'kl' or 'ce', got {d.kd_form!r}")
+    if m.overcluster < -1:
+        raise ConfigError(f"model.overcluster must be -1 (auto), 0 (off) or a factor >= 1, got {m.overcluster}")
+    for k, v, allowed in (("discover.sampling", d.sampling, ("mixed", "paired")),
+                          ("discover.bn_views", d.bn_views, ("separate", "joint")),
+                          ("pretrain.bn_views", p.bn_views, ("separate", "joint"))):
+        if v not in allowed:
+            raise ConfigError(f"{k} must be one of {', '.join(allowed)}, got {v!r}")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ConfigError(f"device must be auto, cpu or cuda, got {cfg.device!r}")
-    from .relations import RELATIONS
-    if d.relation not in RELATIONS:
-        raise ConfigError(f"discover.relation {d.relation!r} is unknown; choose one of {', '.join(sorted(RELATIONS))}")
+    cfg.sync_relation()
+    cfg.relation.validate()
     from .models import ARCHS
     if m.arch not in ARCHS:
         raise ConfigError(f"model.arch {m.arch!r} is unknown; choose one of {', '.join(sorted(ARCHS))}")
@@ -266,6 +302,8 @@ def validate(cfg: Config) -> Config:
     for k, pair in (("aug.rrc_scale", a.rrc_scale), ("aug.small_scale", a.small_scale)):
         if len(pair) != 2 or not 0 < pair[0] <= pair[1] <= 1:
             raise ConfigError(f"{k} must be [low, high] with 0 < low <= high <= 1, got {pair}")
+    if len(a.blur_sigma) != 2 or not 0 < a.blur_sigma[0] <= a.blur_sigma[1]:
+        raise ConfigError(f"aug.blur_sigma must be [low, high] with 0 < low <= high, got {a.blur_sigma}")
     if len(a.jitter) != 4 or any(v < 0 for v in a.jitter):
         raise ConfigError(f"aug.jitter must be four non-negative numbers [brightness, contrast, saturation, hue], got {a.jitter}")
     for k, v in cfg.flat().items():
@@ -307,13 +345,19 @@ def _cifar(name: str, norm) -> dict:
 
 
 def _imagenet(name: str) -> dict:
-    # method.md 4.5: UNO's ImageNet discovery recipe; batch is half labeled, half unlabeled.
+    # UNO's ImageNet recipe: RandomResizedCrop(224, 0.5-1) of the whole image, small crops
+    # (96, 0.08-0.5), jitter, grayscale and blur instead of solarize/equalize; discovery
+    # batches half labeled, half unlabeled with the unlabeled set cycled. UNO runs 256 per
+    # GPU on 2 GPUs with synchronised BatchNorm: one device takes the global 512.
     return {"data": {"benchmark": name, "load_size": 256},
-            "aug": {"size": 224, "small_size": 96, "pad": 0, "rrc_prob": 1.0, "rrc_scale": [0.08, 1.0],
-                    "small_scale": [0.05, 0.4], "mean": IMAGENET_NORM[0], "std": IMAGENET_NORM[1]},
+            "aug": {"size": 224, "small_size": 96, "pad": 0, "rrc_prob": 1.0, "rrc_scale": [0.5, 1.0],
+                    "small_scale": [0.08, 0.5], "jitter_p": 0.5, "small_jitter_p": 0.8,
+                    "solarize_p": 0.0, "small_solarize_p": 0.0, "equalize_p": 0.0, "small_equalize_p": 0.0,
+                    "grayscale_p": 0.2, "small_grayscale_p": 0.2, "blur_p": 0.2, "small_blur_p": 0.5,
+                    "mean": IMAGENET_NORM[0], "std": IMAGENET_NORM[1]},
             "model": {"arch": "resnet18_imagenet"},
             "pretrain": {"epochs": 100, "batch_size": 256, "warmup": 5},
-            "discover": {"epochs": 60, "batch_size": 256, "lr": 0.2, "warmup": 5}}
+            "discover": {"epochs": 60, "batch_size": 512, "lr": 0.2, "warmup": 5, "sampling": "paired"}}
 
 
 def _custom(name: str) -> dict:
@@ -360,6 +404,24 @@ def load_config(path: str | None = None, benchmark: str | None = None,
     if overrides:
         apply_overrides(cfg, overrides)
     return validate(cfg)
+
+
+# UNO's over-clustering factors (its README's commands), and for other data the factor
+# of the UNO benchmark with the nearest number of novel classes.
+UNO_OVERCLUSTER = {"cifar10-5-5": 10, "cifar100-80-20": 5, "cifar100-50-50": 3,
+                   "imagenet-a": 4, "imagenet-b": 4, "imagenet-c": 4}
+
+
+def overcluster_factor(cfg: Config, num_novel: int) -> int:
+    """model.overcluster resolved: an explicit factor (or 0) as it is; -1 (auto) gives UNO's
+    factor to terms that use over-clustering heads (`uno`) and 0 to the others."""
+    if cfg.model.overcluster >= 0:
+        return cfg.model.overcluster
+    if not RELATIONS[cfg.discover.relation].overcluster:
+        return 0
+    if cfg.data.benchmark in UNO_OVERCLUSTER:
+        return UNO_OVERCLUSTER[cfg.data.benchmark]
+    return 10 if num_novel <= 5 else 5 if num_novel <= 20 else 4 if num_novel <= 30 else 3
 
 
 def stage1_key(cfg: Config) -> str:

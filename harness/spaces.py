@@ -7,7 +7,7 @@ Format (documented in search_spaces/README.md):
       beta: {field: discover.beta, dist: loguniform, low: 0.01, high: 2.0}
       iters: {field: discover.sk_iters, dist: int, low: 1, high: 10}
       relation: {field: discover.relation, dist: choice, values: [crkd, none]}
-    fixed: {discover.kd_form: ce}  # optional trainer overrides for every trial
+    fixed: {relation.form: ce}     # optional trainer overrides for every trial
     default_first: true            # optional (default true): the preset values go first
 
 Everything is checked before Ray starts; each problem is one line that names the
@@ -139,9 +139,12 @@ def resolve_path(name_or_path: str) -> str:
     return path
 
 
-def load_space(name_or_path: str, benchmark: str, text: str | None = None) -> Space:
+def load_space(name_or_path: str, benchmark: str, text: str | None = None,
+               base: crkd.Config | None = None) -> Space:
     """Read and validate a space file against the trainer's fields for `benchmark`
-    (`text`: the file's saved contents, for a resumed study)."""
+    (`text`: the file's saved contents, for a resumed study; `base`: the config the space
+    applies to, default the benchmark's preset; its relation term decides which
+    `relation.*` fields exist, unless the space fixes discover.relation itself)."""
     path = name_or_path if text is not None else resolve_path(name_or_path)
     where = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
     if text is None:
@@ -156,12 +159,17 @@ def load_space(name_or_path: str, benchmark: str, text: str | None = None) -> Sp
     if not isinstance(doc, dict):
         raise SpaceError(f"{where}: expected a mapping with 'params:' (see search_spaces/README.md)")
     _unknown_keys(where, "", doc, TOP_KEYS)
-    base = crkd.preset(benchmark)
-    flat = base.flat()
+    base = copy.deepcopy(base) if base is not None else crkd.preset(benchmark)
 
     fixed = doc.get("fixed") or {}
     if not isinstance(fixed, dict):
-        raise SpaceError(f"{where}: fixed: must be a mapping of trainer fields, e.g. {{discover.kd_form: ce}}")
+        raise SpaceError(f"{where}: fixed: must be a mapping of trainer fields, e.g. {{relation.form: ce}}")
+    if "discover.relation" in fixed:  # the term decides which relation.* fields exist
+        try:
+            crkd.apply_overrides(base, {"discover.relation": fixed["discover.relation"]})
+        except ConfigError as e:
+            raise SpaceError(f"{where}: fixed.discover.relation: {e}") from None
+    flat = base.flat()
     for key, value in list(fixed.items()):
         _check_field(where, f"fixed.{key}", key, flat)
         try:
@@ -170,6 +178,7 @@ def load_space(name_or_path: str, benchmark: str, text: str | None = None) -> Sp
         except ConfigError as e:
             raise SpaceError(f"{where}: fixed.{key}: {e}") from None
     base = crkd.apply_overrides(copy.deepcopy(base), dict(fixed)) if fixed else base
+    flat = base.flat()
 
     raw = doc.get("params")
     if not isinstance(raw, dict) or not raw:
@@ -192,10 +201,11 @@ def load_space(name_or_path: str, benchmark: str, text: str | None = None) -> Sp
     return Space(name, path, text, str(doc.get("description") or ""), params, dict(fixed), default_first)
 
 
-def parse_sets(items: list[str], benchmark: str) -> dict[str, Any]:
-    """--set key=value strings as {dotted key: value}, values read as YAML (crkd types them)."""
-    flat = crkd.preset(benchmark).flat()
-    out: dict[str, Any] = {}
+def parse_sets(items: list[str], benchmark: str, base: crkd.Config | None = None) -> dict[str, Any]:
+    """--set key=value strings as {dotted key: value}, values read as YAML (crkd types them),
+    checked against `base` (default the preset) with any --set discover.relation applied."""
+    base = copy.deepcopy(base) if base is not None else crkd.preset(benchmark)
+    pairs = []
     for item in items:
         if "=" not in item:
             raise ConfigError(f"--set '{item}' needs the form section.key=value, e.g. discover.batch_size=128")
@@ -204,10 +214,17 @@ def parse_sets(items: list[str], benchmark: str) -> dict[str, Any]:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
             value = raw
+        pairs.append((key, value))
+    for key, value in pairs:
+        if key == "discover.relation":
+            crkd.apply_overrides(base, {key: value})
+    flat = base.flat()
+    out: dict[str, Any] = {}
+    for key, value in pairs:
         if key not in flat:
             near = difflib.get_close_matches(key, list(flat), n=1, cutoff=0.6)
             raise ConfigError(f"--set {key}: unknown trainer field" + (f"; did you mean '{near[0]}'?" if near else ""))
-        out[key] = crkd.apply_overrides(crkd.preset(benchmark), {key: value}).flat()[key]  # typed by crkd
+        out[key] = crkd.apply_overrides(copy.deepcopy(base), {key: value}).flat()[key]  # typed by crkd
     return out
 
 

@@ -14,7 +14,9 @@ def test_presets_validate_and_round_trip(name):
 
 def test_method_defaults():
     d = Config().discover
-    assert (d.alpha, d.beta, d.t, d.tau, d.sk_epsilon, d.sk_iters) == (1.0, 0.1, 4.0, 0.1, 0.05, 3)
+    assert (d.alpha, d.beta, d.tau, d.sk_epsilon, d.sk_iters, d.relation) == (1.0, 0.1, 0.1, 0.05, 3, "crkd")
+    r = Config().relation
+    assert (r.t, r.eta_at, r.form, r.weight_norm, r.detach_weight) == (4.0, "tau", "kl", "sample", False)
     assert (d.lr, d.momentum, d.weight_decay, d.batch_size, d.epochs, d.warmup) == (0.4, 0.9, 1.5e-4, 512, 500, 10)
     p = Config().pretrain
     assert (p.lr, p.weight_decay, p.batch_size, p.epochs) == (0.1, 1e-4, 256, 200)
@@ -24,16 +26,20 @@ def test_method_defaults():
 
 def test_overrides_parse_types():
     cfg = apply_overrides(preset("digits"), ["discover.beta=0.2", "model.widths=[8, 16]", "discover.relation=none",
-                                              "discover.sk_iters=5", "discover.detach_weight=true"])
+                                              "discover.sk_iters=5"])
     assert cfg.discover.beta == 0.2 and cfg.model.widths == [8, 16] and cfg.discover.relation == "none"
-    assert cfg.discover.sk_iters == 5 and cfg.discover.detach_weight is True
+    assert cfg.discover.sk_iters == 5
+    cfg = apply_overrides(cfg, ["relation.detach_weight=true", "discover.relation=crkd"])  # the term first
+    assert cfg.relation.detach_weight is True
     cfg = apply_overrides(cfg, {"discover.tau": 1})
     assert isinstance(cfg.discover.tau, float)
 
 
 @pytest.mark.parametrize("override,needle", [
     ("discover.tau=0", "discover.tau must be > 0"),
-    ("discover.t=-1", "discover.t must be > 0"),
+    ("relation.t=-1", "relation.t must be > 0"),
+    ("discover.t=2", "unknown key 'discover.t'; it is now 'relation.t'"),
+    ("relation.form=mse", "relation.form must be one of kl, ce"),
     ("discover.sk_epsilon=0", "discover.sk_epsilon must be > 0"),
     ("discover.beta=-0.1", "discover.beta must be >= 0"),
     ("discover.alpha=-1", "discover.alpha must be >= 0"),

@@ -42,7 +42,7 @@ def test_shipped_space_parses(name, benchmark):
 def test_space_contents():
     fields = lambda n: set(spaces.load_space(n, "digits").fields.values())  # noqa: E731
     assert fields("rkd_weights") == {"discover.alpha", "discover.beta"}
-    assert fields("temperatures") == {"discover.t", "discover.tau"}
+    assert fields("temperatures") == {"relation.t", "discover.tau"}
     assert fields("sinkhorn") == {"discover.sk_epsilon", "discover.sk_iters"}
     assert fields("full") == fields("rkd_weights") | fields("temperatures") | fields("sinkhorn")
     sk = spaces.load_space("sinkhorn", "digits").params
@@ -69,11 +69,11 @@ def test_user_yaml_path_and_fixed(tmp_path):
         params:
           beta: {field: discover.beta, dist: uniform, low: 0.0, high: 1e-1}
           relation: {field: discover.relation, dist: choice, values: [crkd, none]}
-        fixed: {discover.kd_form: ce, discover.lr: 5e-2}
+        fixed: {relation.form: ce, discover.lr: 5e-2}
         """)
     s = spaces.load_space(path, "digits")
     assert s.params["beta"].high == 0.1                       # 1e-1 is a string to YAML 1.1
-    assert s.fixed == {"discover.kd_form": "ce", "discover.lr": 0.05}
+    assert s.fixed == {"relation.form": "ce", "discover.lr": 0.05}
     assert s.default_point(crkd.preset("digits"))[0] == {"beta": 0.1, "relation": "crkd"}
 
 
@@ -105,8 +105,8 @@ BAD = [
      ["params.r.values", "trainer rejects discover.relation='nope'", "choices"]),
     ("params:\n  b: {field: discover.beta, dist: uniform, low: 0.1, high: 1}\nfixed: {discover.beta: 0.2}\n",
      ["params.b", "also under fixed"]),
-    ("params:\n  b: {field: discover.beta, dist: uniform, low: 0.1, high: 1}\nfixed: {discover.kd_frm: ce}\n",
-     ["fixed.discover.kd_frm", "did you mean 'discover.kd_form'"]),
+    ("params:\n  b: {field: discover.beta, dist: uniform, low: 0.1, high: 1}\nfixed: {relation.frm: ce}\n",
+     ["fixed.relation.frm", "did you mean 'relation.form'"]),
     ("params:\n  b: {field: discover.beta, dist: uniform, low: 0.1, high: 1\n",
      ["not valid YAML", "line"]),
     ("params: {}\n", ["params", "at least one parameter"]),
@@ -133,7 +133,7 @@ def test_unknown_space_name():
 
 
 def test_parse_sets_reads_numbers():
-    sets = spaces.parse_sets(["discover.lr=1e-2", "model.widths=[8,16,16]", "discover.kd_form=ce"], "digits")
-    assert sets == {"discover.lr": 0.01, "model.widths": [8, 16, 16], "discover.kd_form": "ce"}
+    sets = spaces.parse_sets(["discover.lr=1e-2", "model.widths=[8,16,16]", "relation.form=ce"], "digits")
+    assert sets == {"discover.lr": 0.01, "model.widths": [8, 16, 16], "relation.form": "ce"}
     with pytest.raises(crkd.ConfigError, match="did you mean 'discover.beta'"):
         spaces.parse_sets(["discover.bta=0.1"], "digits")

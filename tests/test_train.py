@@ -83,7 +83,7 @@ def test_same_seed_same_metrics(digits, fast_teacher):
 
 def test_nan_loss_stops_with_term_and_epoch(digits, fast_teacher, monkeypatch):
     class Broken(Relation):
-        def __call__(self, ctx):
+        def forward(self, ctx):
             return ctx.targets.sum() * float("nan"), {}
     monkeypatch.setitem(RELATIONS, "broken", Broken)
     cfg, teacher = fast_teacher
@@ -110,7 +110,7 @@ def _one_line_error(capsys, argv, needle, code=2):
 
 @pytest.mark.parametrize("argv,needle", [
     (["run", "--set", "discover.tau=0"], "discover.tau must be > 0"),
-    (["run", "--set", "discover.t=-2"], "discover.t must be > 0"),
+    (["run", "--set", "relation.t=-2"], "relation.t must be > 0"),
     (["run", "--set", "discover.sk_epsilon=-0.05"], "discover.sk_epsilon must be > 0"),
     (["run", "--set", "discover.beta=-1"], "discover.beta must be >= 0"),
     (["run", "--set", "data.num_novel=4"], "data.num_novel=4 but digits has 5"),

@@ -7,7 +7,7 @@ augmentation happens batched on the device.
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from torch import Tensor
@@ -42,8 +42,11 @@ class TensorImages:
     def batches(self, batch_size: int, shuffle: bool = False, drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
         n, dev = len(self), self.x.device
         order = torch.randperm(n, device=dev) if shuffle else torch.arange(n, device=dev)
-        for s, e in _batch_bounds(n, batch_size, drop_last):
-            idx = order[s:e]
+        return self.batches_from(order[s:e] for s, e in _batch_bounds(n, batch_size, drop_last))
+
+    def batches_from(self, index_batches: Iterable[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        """The images of each given batch of indices (on this set's device), with the indices."""
+        for idx in index_batches:
             yield self.x[idx], idx
 
 
@@ -91,10 +94,14 @@ class FolderImages:
 
     def batches(self, batch_size: int, shuffle: bool = False, drop_last: bool = False) -> Iterator[tuple[Tensor, Tensor]]:
         # The order comes from the global RNG, so it is saved and restored with it.
-        gen = torch.Generator().manual_seed(int(torch.randint(2**62, (1,)).item()))
+        n = len(self)
+        order = torch.randperm(n) if shuffle else torch.arange(n)
+        return self.batches_from(order[s:e] for s, e in _batch_bounds(n, batch_size, drop_last))
+
+    def batches_from(self, index_batches: Iterable[Tensor]) -> Iterator[tuple[Tensor, Tensor]]:
+        """The images of each given batch of indices, decoded by the workers, on this set's device."""
         loader = torch.utils.data.DataLoader(
-            _Decode(self.paths, self.size), batch_size=min(batch_size, len(self)), shuffle=shuffle,
-            drop_last=drop_last, num_workers=self.workers, generator=gen,
-            pin_memory=self.device.type == "cuda", persistent_workers=False)
+            _Decode(self.paths, self.size), batch_sampler=[b.cpu().tolist() for b in index_batches],
+            num_workers=self.workers, pin_memory=self.device.type == "cuda", persistent_workers=False)
         for x, idx in loader:
             yield x.to(self.device, non_blocking=True), idx.to(self.device, non_blocking=True)

@@ -1,4 +1,4 @@
-"""Class-relation distillation L_rKD with its adaptive weight (method.md 4.4, Cr-KD)."""
+"""Class-relation distillation L_rKD with its adaptive weight (Cr-KD, ICCV 2023)."""
 import torch
 import torch.nn.functional as F
 from torch import Tensor
@@ -6,7 +6,8 @@ from torch import Tensor
 
 def relation_kd_terms(teacher_logits: Tensor, student_logits: Tensor, t: float = 4.0,
                       tau: float = 0.1, eta_at: str = "tau", form: str = "kl",
-                      detach_weight: bool = False, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
+                      detach_weight: bool = False, mask: Tensor | None = None,
+                      weight_norm: str = "sample") -> tuple[Tensor, Tensor]:
     """The rKD loss and its per-sample weight g.
 
     teacher_logits: [..., N, C_l] frozen teacher's known-head cosine logits.
@@ -14,9 +15,11 @@ def relation_kd_terms(teacher_logits: Tensor, student_logits: Tensor, t: float =
     Leading dims (views, heads) are independent batches; the loss is averaged over them.
     eta_at: "tau" (paper) or "tau_t" (public code) temperature for the known mass eta.
     form: "kl" (paper) or "ce" (public code: -sum p_T log p_S, KL plus teacher entropy).
+    weight_norm: "sample" (paper: g has mean 1 over the N samples of each view and head)
+    or "global" (public code: g = eta / mean(eta) over all views x heads x samples).
     mask: optional [N] bool, the samples that take part (the unlabeled ones), as if
     the others were not in the batch; avoids boolean indexing and its GPU sync.
-    Returns (scalar loss, weight g of shape [..., N] with mean 1 over the included N).
+    Returns (scalar loss, weight g of shape [..., N], zero outside the mask).
     """
     n_known = teacher_logits.shape[-1]
     temp = tau * t
@@ -31,11 +34,20 @@ def relation_kd_terms(teacher_logits: Tensor, student_logits: Tensor, t: float =
     eta_temp = {"tau": tau, "tau_t": temp}[eta_at]
     eta = F.softmax(student_logits.float() / eta_temp, dim=-1)[..., :n_known].sum(-1)
     m = torch.ones_like(eta) if mask is None else mask.to(eta.dtype).expand_as(eta)
-    n = m.sum(-1, keepdim=True).clamp_min(1)
-    g = n * eta * m / (eta * m).sum(-1, keepdim=True).clamp_min(1e-30)
+    if weight_norm == "sample":
+        n = m.sum(-1, keepdim=True).clamp_min(1)
+        g = n * eta * m / (eta * m).sum(-1, keepdim=True).clamp_min(1e-30)
+    elif weight_norm == "global":
+        n = m.sum().clamp_min(1)
+        g = n * eta * m / (eta * m).sum().clamp_min(1e-30)
+    else:
+        raise ValueError(f"weight_norm must be 'sample' or 'global', got {weight_norm!r}")
     if detach_weight:
         g = g.detach()
-    return ((g * per_sample).sum(-1, keepdim=True) / n).mean() * t * t, g
+    # Mean over the included samples of each leading batch, then over the batches; with
+    # the same mask everywhere this is also the mean over all included entries (code form).
+    loss = ((g * per_sample).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1)).mean()
+    return loss * t * t, g
 
 
 def relation_kd(teacher_logits: Tensor, student_logits: Tensor, t: float = 4.0,

@@ -1,4 +1,4 @@
-"""Models: encoder + cosine known head + multi-head novel heads (method.md 2)."""
+"""Models: encoder + cosine known head + multi-head novel heads."""
 from __future__ import annotations
 
 import torch
@@ -19,9 +19,11 @@ class NCDModel(nn.Module):
     """f + h_l, and (for discovery) H novel heads and optional over-clustering heads.
 
     forward(x) returns feats [B, D], lab [B, C_l] and, if present, unlab [H, B, C_u]
-    and over [H, B, C_u * factor]: raw cosine logits, not divided by tau."""
+    and over [H, B, C_u * factor]: raw cosine logits in float32, not divided by tau;
+    with maps=True also the encoder's last conv map [B, C, h, w].
+    `overcluster`: the factor (0 off); the caller resolves cfg.overcluster = -1 (auto)."""
 
-    def __init__(self, cfg, in_channels: int, num_known: int, num_novel: int = 0):
+    def __init__(self, cfg, in_channels: int, num_known: int, num_novel: int = 0, overcluster: int = 0):
         super().__init__()
         self.encoder = ARCHS[cfg.arch](cfg, in_channels)
         dim = self.encoder.out_dim
@@ -29,8 +31,8 @@ class NCDModel(nn.Module):
         self.head_unlab = self.head_over = None
         if num_novel:
             self.head_unlab = MultiHead(dim, num_novel, cfg.num_heads, cfg.hidden_dim, cfg.proj_dim)
-            if cfg.overcluster:
-                self.head_over = MultiHead(dim, num_novel * cfg.overcluster, cfg.num_heads,
+            if overcluster:
+                self.head_over = MultiHead(dim, num_novel * overcluster, cfg.num_heads,
                                            cfg.hidden_dim, cfg.proj_dim)
 
     def normalize_prototypes(self) -> None:
@@ -38,9 +40,14 @@ class NCDModel(nn.Module):
             if head is not None:
                 head.normalize_prototypes()
 
-    def forward(self, x: Tensor) -> dict[str, Tensor]:
-        feats = self.encoder(x)
-        out = {"feats": feats, "lab": self.head_lab(feats)}
+    def forward(self, x: Tensor, maps: bool = False) -> dict[str, Tensor]:
+        out = {}
+        if maps:
+            out["maps"] = self.encoder.feature_map(x)
+            feats = out["maps"].mean((2, 3))
+        else:
+            feats = self.encoder(x)
+        out.update({"feats": feats, "lab": self.head_lab(feats)})
         if self.head_unlab is not None:
             out["unlab"] = self.head_unlab(feats)
         if self.head_over is not None:

@@ -1,4 +1,9 @@
-"""Cosine classifier heads (method.md 2)."""
+"""Cosine classifier heads.
+
+The cosine scores (normalise, then prototypes) are computed in float32 even under
+autocast: Sinkhorn divides them by epsilon (down to 0.01 in searches) and the
+softmaxes by tau * t, so bf16's 3 significant digits would move the targets.
+"""
 import math
 
 import torch
@@ -19,7 +24,7 @@ class CosineHead(nn.Module):
         self.prototypes.weight.copy_(F.normalize(self.prototypes.weight, dim=-1))
 
     def forward(self, feats: Tensor) -> Tensor:  # [B, D] -> [B, C]
-        return self.prototypes(F.normalize(feats, dim=-1))
+        return cosine(feats, self.prototypes.weight.t())
 
 
 class MultiHead(nn.Module):
@@ -53,4 +58,11 @@ class MultiHead(nn.Module):
         z = torch.baddbmm(self.b1, feats.unsqueeze(0).expand(h, -1, -1), self.w1)  # [H, B, hidden]
         z = self.bn(z.transpose(0, 1).reshape(b, -1)).reshape(b, h, -1).transpose(0, 1)
         z = torch.baddbmm(self.b2, torch.relu(z), self.w2)                          # [H, B, proj]
-        return torch.bmm(F.normalize(z, dim=-1), self.prototypes.transpose(1, 2))
+        return cosine(z, self.prototypes.transpose(1, 2))                           # [H, B, C]
+
+
+def cosine(x: Tensor, prototypes: Tensor) -> Tensor:
+    """normalise(x) @ prototypes in float32, autocast or not. x: [..., B, D]; prototypes
+    [..., D, C] with unit columns (normalize_prototypes keeps them so)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return torch.matmul(F.normalize(x.float(), dim=-1), prototypes.float())

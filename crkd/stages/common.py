@@ -75,6 +75,22 @@ def load_checkpoint(path: str) -> dict:
 
 
 @torch.no_grad()
+def features(model, images, aug, batch_size: int, device, amp: bool, channels_last: bool) -> Tensor:
+    """Eval-mode backbone features [N, D] (float32, on `device`) of an image set, in order."""
+    was_training = model.training
+    model.eval()
+    out = []
+    for x, _ in images.batches(batch_size):
+        x = aug.plain(x)
+        if channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with autocast(device, amp):
+            out.append(model.encoder(x).float())
+    model.train(was_training)
+    return torch.cat(out)
+
+
+@torch.no_grad()
 def infer(model, images, aug, batch_size: int, device, amp: bool, channels_last: bool) -> dict[str, Tensor]:
     """Eval-mode outputs over a whole image set, in dataset order: lab [N, C_l] and
     per-head argmax of the novel heads [H, N] and of the joint logits [H, N]."""

@@ -1,4 +1,4 @@
-"""Stage 1: supervised pretraining on the known classes (method.md 3)."""
+"""Stage 1: supervised pretraining on the known classes (UNO's recipe)."""
 from __future__ import annotations
 
 import torch
@@ -32,7 +32,10 @@ class Pretrain(Stage):
             self.model.normalize_prototypes()
             views = self.aug.large(x)
             with autocast(self.device, self.cfg.amp):
-                logits = self.model(self._views(views))["lab"].float()
+                if s.bn_views == "joint":
+                    logits = self.model(self._views(views))["lab"]
+                else:  # each view through BatchNorm on its own, as UNO's pretraining does
+                    logits = torch.cat([self.model(self._views([v]))["lab"] for v in views])
             loss = F.cross_entropy(logits / s.tau, self.labels[idx].repeat(len(views)))
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
