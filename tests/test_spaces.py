@@ -4,26 +4,31 @@ from __future__ import annotations
 
 import math
 import textwrap
+from pathlib import Path
 
 import pytest
 
 pytest.importorskip("optuna", exc_type=ImportError)
 
 import crkd  # noqa: E402
+import crkd.relations  # noqa: E402
 from harness import spaces  # noqa: E402
 
-SHIPPED = ["rkd_weights", "temperatures", "sinkhorn", "full"]
+SHIPPED = sorted(p.stem for p in (Path(spaces.SPACES_DIR)).glob("*.yaml"))  # every file, whatever it is
 
 
 def test_shipped_spaces_are_present():
-    assert set(SHIPPED) <= set(spaces.space_names())
+    assert {"rkd_weights", "temperatures", "sinkhorn", "full"} <= set(SHIPPED)
+    for method in crkd.relations.RELATIONS:  # a space per method that has a term to search
+        if method not in ("uno", "none"):
+            assert method in SHIPPED, f"search_spaces/{method}.yaml is missing"
 
 
 @pytest.mark.parametrize("name", SHIPPED)
 @pytest.mark.parametrize("benchmark", ["digits", "cifar100-80-20", "imagenet-a"])
 def test_shipped_space_parses(name, benchmark):
     space = spaces.load_space(name, benchmark)
-    base = crkd.preset(benchmark)
+    base = crkd.apply_overrides(crkd.preset(benchmark), dict(space.fixed))
     flat = base.flat()
     assert space.params and space.description
     for p in space.params.values():

@@ -23,8 +23,9 @@ def relation_kd_terms(teacher_logits: Tensor, student_logits: Tensor, t: float =
     """
     n_known = teacher_logits.shape[-1]
     temp = tau * t
-    p_t = F.softmax(teacher_logits.float() / temp, dim=-1)
-    log_p_s = F.log_softmax(student_logits[..., :n_known].float() / temp, dim=-1)
+    teacher_logits, student_logits = _wide(teacher_logits), _wide(student_logits)
+    p_t = F.softmax(teacher_logits / temp, dim=-1)
+    log_p_s = F.log_softmax(student_logits[..., :n_known] / temp, dim=-1)
     if form == "kl":
         per_sample = (p_t * (torch.log(p_t.clamp_min(1e-30)) - log_p_s)).sum(-1)
     elif form == "ce":
@@ -32,7 +33,7 @@ def relation_kd_terms(teacher_logits: Tensor, student_logits: Tensor, t: float =
     else:
         raise ValueError(f"form must be 'kl' or 'ce', got {form!r}")
     eta_temp = {"tau": tau, "tau_t": temp}[eta_at]
-    eta = F.softmax(student_logits.float() / eta_temp, dim=-1)[..., :n_known].sum(-1)
+    eta = F.softmax(student_logits / eta_temp, dim=-1)[..., :n_known].sum(-1)
     m = torch.ones_like(eta) if mask is None else mask.to(eta.dtype).expand_as(eta)
     if weight_norm == "sample":
         n = m.sum(-1, keepdim=True).clamp_min(1)
@@ -48,6 +49,11 @@ def relation_kd_terms(teacher_logits: Tensor, student_logits: Tensor, t: float =
     # the same mask everywhere this is also the mean over all included entries (code form).
     loss = ((g * per_sample).sum(-1, keepdim=True) / m.sum(-1, keepdim=True).clamp_min(1)).mean()
     return loss * t * t, g
+
+
+def _wide(x: Tensor) -> Tensor:
+    """float32 at least (half precision would round the softmaxes); float64 stays float64."""
+    return x if x.dtype == torch.float64 else x.float()
 
 
 def relation_kd(teacher_logits: Tensor, student_logits: Tensor, t: float = 4.0,
