@@ -26,7 +26,12 @@ class DataConfig:
     benchmark: str = "digits"   # see crkd.data.BENCHMARKS
     root: str = ""              # torchvision root, ImageFolder root or .npz file
     download: bool = False      # torchvision may download (needs network)
-    known: list = field(default_factory=list)  # custom data: known classes, by index or name
+    known: list = field(default_factory=list)  # known classes by index or name: a subset of a benchmark's
+                                               # own (the others are not loaded), any for npz/folder
+    proxy_fold: int = -1        # >= 0: the proxy task, fold k: real novel classes are not loaded and
+                                # a seeded share of the known classes plays novel
+    proxy_seed: int = 0         # which partition of the known classes the proxy folds take
+    proxy_hidden: int = 0       # classes a proxy fold hides (0: the real split's novel share, >= 2)
     num_known: int = 0          # 0: from the data; otherwise checked against it
     num_novel: int = 0
     load_size: int = 0          # ImageFolder: decode and resize to this square size (0: 256)
@@ -276,6 +281,9 @@ def validate(cfg: Config) -> Config:
               "pretrain.eval_every"):
         if cfg.flat()[k] < 1:
             raise ConfigError(f"{k} must be >= 1, got {cfg.flat()[k]}")
+    if cfg.data.proxy_fold < -1 or cfg.data.proxy_hidden < 0:
+        raise ConfigError(f"data.proxy_fold must be -1 (off) or a fold >= 0 and data.proxy_hidden >= 0, got "
+                          f"{cfg.data.proxy_fold} and {cfg.data.proxy_hidden}")
     for k in ("discover.warmup", "pretrain.warmup", "aug.num_small", "aug.pad", "threads",
               "data.num_known", "data.num_novel", "aug.size", "aug.small_size"):
         if cfg.flat()[k] < 0:

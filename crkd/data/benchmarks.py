@@ -38,21 +38,22 @@ class NCDData:
         return self.train.shape[-1]
 
 
-def _remap(y_train, y_test, known: list[int], names: list[str]):
-    classes = sorted(set(np.unique(y_train).tolist()) | set(np.unique(y_test).tolist()))
-    novel = [c for c in classes if c not in set(known)]
-    order = list(known) + novel
-    lut = np.full(max(classes) + 1, -1, dtype=np.int64)
+def _tensor_data(name, x_train, y_train, x_test, y_test, known: list[int], novel: list[int],
+                 names: list[str]) -> NCDData:
+    """Keep the images of `known` + `novel` classes only (given in source label ids) and
+    remap them to 0..C_l-1 (known) and C_l.. (novel), in the order given."""
+    order = list(known) + list(novel)
+    y_train, y_test = np.asarray(y_train), np.asarray(y_test)
+    lut = np.full(max(int(y_train.max()), int(y_test.max()), *order) + 1, -1, dtype=np.int64)
     lut[order] = np.arange(len(order))
+    keep_tr, keep_te = lut[y_train] >= 0, lut[y_test] >= 0
+    # Filtered before any tensor exists: a dropped class (a real novel class during a proxy
+    # search, a known class left out of data.known) never reaches the trainer.
+    x_train, x_test = np.asarray(x_train)[keep_tr], np.asarray(x_test)[keep_te]
+    ytr, yte = torch.from_numpy(lut[y_train[keep_tr]]), torch.from_numpy(lut[y_test[keep_te]])
     new_names = [names[c] if c < len(names) else str(c) for c in order]
-    return lut[np.asarray(y_train)], lut[np.asarray(y_test)], len(known), len(novel), new_names
-
-
-def _tensor_data(name, x_train, y_train, x_test, y_test, known, names) -> NCDData:
-    ytr, yte, nk, nn_, names = _remap(y_train, y_test, known, names)
-    ytr, yte = torch.from_numpy(ytr), torch.from_numpy(yte)
-    return NCDData(name, TensorImages(_nchw(x_train)), ytr, ytr < nk, TensorImages(_nchw(x_test)),
-                   yte, nk, nn_, names)
+    return NCDData(name, TensorImages(_nchw(x_train)), ytr, ytr < len(known), TensorImages(_nchw(x_test)),
+                   yte, len(known), len(novel), new_names)
 
 
 def _nchw(x: np.ndarray) -> Tensor:
@@ -68,23 +69,62 @@ def _nchw(x: np.ndarray) -> Tensor:
     return torch.from_numpy(np.ascontiguousarray(x))
 
 
-def _resolve_known(known: list, names: list[str], classes: list[int], default: int, what: str) -> list[int]:
-    if not known:
-        return classes[:default]
+def _resolve_known(known: list, names: list[str], allowed: list[int], what: str) -> list[int]:
+    """data.known (indices or names) as class ids; each must be in `allowed`."""
     out = []
     for k in known:
         if isinstance(k, str) and not k.isdigit():
             if k not in names:
                 raise ConfigError(f"data.known: class name {k!r} is not in {what}; names are {names[:20]}")
-            out.append(names.index(k))
-        else:
-            k = int(k)
-            if k not in classes:
-                raise ConfigError(f"data.known: class index {k} is not in {what} (classes {classes[0]}..{classes[-1]})")
-            out.append(k)
-    if len(set(out)) != len(out) or len(out) >= len(classes):
-        raise ConfigError(f"data.known must name distinct classes and leave some novel, got {known}")
+            k = names.index(k)
+        k = int(k)
+        if k not in allowed:
+            shown = ", ".join(names[c] if c < len(names) else str(c) for c in allowed[:12])
+            raise ConfigError(f"data.known: class {k} ({names[k] if k < len(names) else k}) is not one of "
+                              f"{what}'s known classes ({shown}{', ...' if len(allowed) > 12 else ''})")
+        out.append(k)
+    if len(set(out)) != len(out):
+        raise ConfigError(f"data.known must name distinct classes, got {known}")
     return out
+
+
+def split_classes(cfg, names: list[str], known: list[int], novel: list[int] | None,
+                  what: str) -> tuple[list[int], list[int]]:
+    """The (known, novel) class ids a run loads, from the benchmark's own split.
+
+    `known`/`novel`: the benchmark's split (novel None: every class not known, custom data).
+    data.known narrows a fixed benchmark's known classes (or picks them, for custom data).
+    data.proxy_fold >= 0 builds the proxy task instead: the real novel classes are not
+    loaded at all, and fold k of a seeded partition of the known classes plays novel."""
+    all_classes = list(range(len(names)))
+    if cfg.known:
+        allowed = known if novel is not None else all_classes
+        known = _resolve_known(cfg.known, names, allowed, what)
+    if novel is None:
+        novel = [c for c in all_classes if c not in known]
+    if len(known) < 1 or not novel:
+        raise ConfigError(f"data.known must leave at least one known and one novel class, got {cfg.known}")
+    if cfg.proxy_fold < 0:
+        return known, novel
+    hidden = proxy_hidden(cfg, len(known), len(novel))
+    folds = len(known) // hidden
+    if cfg.proxy_fold >= folds:
+        raise ConfigError(f"data.proxy_fold={cfg.proxy_fold}: {len(known)} known classes give {folds} disjoint "
+                          f"fold(s) of {hidden} hidden classes; use a fold below {folds}")
+    perm = np.random.default_rng(cfg.proxy_seed).permutation(len(known))
+    out = set(perm[cfg.proxy_fold * hidden:(cfg.proxy_fold + 1) * hidden].tolist())
+    return [c for i, c in enumerate(known) if i not in out], [c for i, c in enumerate(known) if i in out]
+
+
+def proxy_hidden(cfg, num_known: int, num_novel: int) -> int:
+    """How many known classes a proxy task hides: data.proxy_hidden, or the real split's novel
+    share of them (half rounds down), at least 2, leaving at least 2 to train stage 1 on."""
+    share = num_known * num_novel / (num_known + num_novel)
+    hidden = cfg.proxy_hidden or max(2, int(np.ceil(share - 0.5)))
+    if num_known - hidden < 2:
+        raise ConfigError(f"a proxy task needs at least 2 classes to hide and 2 to keep; the split has "
+                          f"{num_known} known classes (data.proxy_hidden={hidden})")
+    return hidden
 
 
 def load_digits_ncd(cfg) -> NCDData:
@@ -94,7 +134,9 @@ def load_digits_ncd(cfg) -> NCDData:
     d = load_digits()
     x = np.round(d.images * (255 / 16)).astype(np.uint8)
     xtr, xte, ytr, yte = train_test_split(x, d.target, test_size=0.2, stratify=d.target, random_state=0)
-    return _tensor_data("digits", xtr, ytr, xte, yte, [0, 1, 2, 3, 4], [str(i) for i in range(10)])
+    names = [str(i) for i in range(10)]
+    known, novel = split_classes(cfg, names, [0, 1, 2, 3, 4], [5, 6, 7, 8, 9], "digits")
+    return _tensor_data("digits", xtr, ytr, xte, yte, known, novel, names)
 
 
 def _cifar(cfg, which: str, n_known: int) -> NCDData:
@@ -111,8 +153,10 @@ def _cifar(cfg, which: str, n_known: int) -> NCDData:
         te = cls(root, train=False, download=cfg.download)
     except RuntimeError as e:
         raise DataError(f"{which} under {os.path.abspath(root)} is unreadable ({e}); re-extract {archive}") from None
-    return _tensor_data(f"{which}-{n_known}", tr.data, tr.targets, te.data, te.targets,
-                        list(range(n_known)), list(tr.classes))
+    n = len(tr.classes)
+    known, novel = split_classes(cfg, list(tr.classes), list(range(n_known)), list(range(n_known, n)), which)
+    return _tensor_data(f"{which}-{n_known}", tr.data, tr.targets, te.data, te.targets, known, novel,
+                        list(tr.classes))
 
 
 def _read_list(name: str) -> list[str]:
@@ -154,8 +198,11 @@ def _imagenet(cfg, subset: str) -> NCDData:
         if not os.path.isdir(os.path.join(root, sub)):
             raise DataError(f"imagenet not found: expected {os.path.abspath(os.path.join(root, sub))}/<wnid>/ "
                             f"folders (ILSVRC-2012 train and val, val sorted into class folders); set --data-root")
+    known, novel = _read_list("imagenet_882.txt"), _read_list(f"imagenet_{subset}.txt")
+    names = known + novel
+    k, n = split_classes(cfg, names, list(range(len(known))), list(range(len(known), len(names))), "imagenet")
     return _folder_data(f"imagenet-{subset}", cfg, os.path.join(root, "train"), os.path.join(root, "val"),
-                        _read_list("imagenet_882.txt"), _read_list(f"imagenet_{subset}.txt"))
+                        [names[i] for i in k], [names[i] for i in n])
 
 
 def load_npz(cfg) -> NCDData:
@@ -172,8 +219,10 @@ def load_npz(cfg) -> NCDData:
     names = [str(n) for n in z["class_names"]] if "class_names" in z else []
     classes = sorted(np.unique(arrays["y_train"]).tolist())
     names = names or [str(c) for c in range(max(classes) + 1)]
-    known = _resolve_known(cfg.known, names, classes, cfg.num_known or len(classes) // 2, cfg.root)
-    return _tensor_data("npz", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"], known, names)
+    default = classes[:cfg.num_known or len(classes) // 2]
+    known, novel = split_classes(cfg, names, default, None, cfg.root)
+    return _tensor_data("npz", arrays["x_train"], arrays["y_train"], arrays["x_test"], arrays["y_test"],
+                        known, [c for c in novel if c in classes], names)
 
 
 def load_folder(cfg) -> NCDData:
@@ -184,9 +233,9 @@ def load_folder(cfg) -> NCDData:
         raise DataError(f"folder benchmark needs --data-root DIR with DIR/train/<class>/ and DIR/test/<class>/; "
                         f"got {cfg.root or '(none)'}")
     names = sorted(e.name for e in os.scandir(train_dir) if e.is_dir())
-    known_idx = _resolve_known(cfg.known, names, list(range(len(names))), cfg.num_known or len(names) // 2, train_dir)
-    known = [names[i] for i in known_idx]
-    return _folder_data("folder", cfg, train_dir, test_dir, known, [n for n in names if n not in known])
+    default = list(range(cfg.num_known or len(names) // 2))
+    known, novel = split_classes(cfg, names, default, None, train_dir)
+    return _folder_data("folder", cfg, train_dir, test_dir, [names[i] for i in known], [names[i] for i in novel])
 
 
 BENCHMARKS = {
