@@ -3,7 +3,8 @@
 (a) discovery images/s against the model-only bound: forward + backward of the
     same crops plus the teacher forward, with no data work and no losses;
 (b) batched augmentation against a per-image PIL torchvision pipeline with the
-    same recipe (2 large + 2 small crops), at the same batch size.
+    same recipe (UNO's transforms: 2 large + 2 small crops), at the same batch size;
+    for folder images, whose views the loader cuts, the colour part alone.
 Figures are medians over repeats after a warm-up; ratios come from one process.
 """
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _median_time(fn, sync, repeats: int, warmup: int = 3) -> tuple[float, float]
 
 def bench_step(stage: Discover, batch: int, repeats: int) -> dict:
     sync = _timer(stage.device)
-    x, idx = next(stage.images.batches(batch, shuffle=True, drop_last=True))
+    x, idx = next(stage.images.batches(batch, shuffle=True, drop_last=True, crops=stage.aug.crop_spec()))
     full, full_sd = _median_time(lambda: stage.step(x, idx, 0), sync, repeats)
     views = stage.aug.large(x) + stage.aug.small(x)
     nl = stage.cfg.aug.num_large
@@ -61,43 +62,84 @@ def bench_step(stage: Discover, batch: int, repeats: int) -> dict:
         loss.backward()
         stage.opt.step()
     bound, bound_sd = _median_time(model_only, sync, repeats)
-    n = x.shape[0]
+    n = idx.shape[0]
     return {"batch": n, "step_s": full, "step_sd": full_sd, "bound_s": bound, "bound_sd": bound_sd,
             "images_per_s": n / full, "bound_images_per_s": n / bound, "overhead": full / bound}
 
 
-def bench_aug(stage, batch: int, repeats: int) -> dict:
-    """Batched augmentation vs torchvision's per-image PIL transforms, same recipe."""
-    import numpy as np
-    from PIL import Image
+class _Solarize:
+    """UNO's Solarize(p): with chance p, PIL's solarize at a threshold uniform in [0, 256)."""
+
+    def __init__(self, p: float):
+        self.p = p
+
+    def __call__(self, img):
+        from PIL import ImageOps
+        if self.p <= 0 or torch.bernoulli(torch.tensor(self.p)) == 0:
+            return img
+        return ImageOps.solarize(img, (torch.rand(1) * 256).item())
+
+
+class _Blur:
+    """SimCLR's GaussianBlur as UNO has it: PIL's blur at a radius (sigma) uniform in sigma."""
+
+    def __init__(self, sigma):
+        self.sigma = sigma
+
+    def __call__(self, img):
+        import random
+        from PIL import ImageFilter
+        return img.filter(ImageFilter.GaussianBlur(radius=random.uniform(*self.sigma)))
+
+
+def pil_recipe(c, large: bool, crop: bool = True):
+    """torchvision's per-image PIL pipeline of the large or small recipe of an AugConfig
+    (UNO's transforms); without the crop and flip if not `crop` (views cut already)."""
     from torchvision import transforms as T
+    if large:
+        jitter_p, grey_p, blur_p, sol_p, eq_p = c.jitter_p, c.grayscale_p, c.blur_p, c.solarize_p, c.equalize_p
+        geometric = T.RandomChoice([T.RandomCrop(c.size, padding=c.pad), T.RandomResizedCrop(c.size, tuple(c.rrc_scale))],
+                                   p=[1 - c.rrc_prob, c.rrc_prob])
+    else:
+        jitter_p, grey_p, blur_p = c.small_jitter_p, c.small_grayscale_p, c.small_blur_p
+        sol_p, eq_p = c.small_solarize_p, c.small_equalize_p
+        geometric = T.RandomResizedCrop(c.small_size, tuple(c.small_scale))
+    steps = ([geometric] + ([T.RandomHorizontalFlip()] if c.flip else [])) if crop else []
+    steps.append(T.RandomApply([T.ColorJitter(*c.jitter)], p=jitter_p))
+    if grey_p > 0:
+        steps.append(T.RandomGrayscale(p=grey_p))
+    if blur_p > 0:
+        steps.append(T.RandomApply([_Blur(c.blur_sigma)], p=blur_p))
+    steps += [_Solarize(sol_p), T.RandomEqualize(p=eq_p), T.ToTensor(), T.Normalize(c.mean, c.std)]
+    return T.Compose(steps)
+
+
+def bench_aug(stage, batch: int, repeats: int) -> dict:
+    """Batched augmentation vs torchvision's per-image PIL transforms, same recipe. Views that
+    the loader cuts (folder images) are compared on their colour part alone."""
+    from PIL import Image
+    from .data.images import Crops
     c = stage.cfg.aug
     sync = _timer(stage.device)
-    x, _ = next(stage.images.batches(batch, shuffle=True))
+    x, idx = next(stage.images.batches(batch, shuffle=True, crops=stage.aug.crop_spec()))
     ours, ours_sd = _median_time(lambda: (stage.aug.large(x), stage.aug.small(x)), sync, repeats)
-    norm = T.Normalize(c.mean, c.std)
-    jitter = T.ColorJitter(*c.jitter)
-    large = T.Compose([
-        T.RandomChoice([T.RandomCrop(c.size, padding=c.pad), T.RandomResizedCrop(c.size, tuple(c.rrc_scale))],
-                       p=[1 - c.rrc_prob, c.rrc_prob]),
-        T.RandomHorizontalFlip() if c.flip else T.Lambda(lambda i: i),
-        T.RandomApply([jitter], p=c.jitter_p), T.RandomSolarize(128, p=c.solarize_p),
-        T.RandomEqualize(p=c.equalize_p), T.ToTensor(), norm])
-    small = T.Compose([
-        T.RandomResizedCrop(c.small_size, tuple(c.small_scale)),
-        T.RandomHorizontalFlip() if c.flip else T.Lambda(lambda i: i),
-        T.RandomApply([jitter], p=c.small_jitter_p), T.RandomSolarize(128, p=c.small_solarize_p),
-        T.RandomEqualize(p=c.small_equalize_p), T.ToTensor(), norm])
-    arrays = x.permute(0, 2, 3, 1).cpu().numpy()
-    mode = "L" if arrays.shape[-1] == 1 else "RGB"
-    images = [Image.fromarray(a.squeeze(-1) if mode == "L" else a, mode) for a in arrays]
+    cut = isinstance(x, Crops)
+    large, small = pil_recipe(c, True, not cut), pil_recipe(c, False, not cut)
+
+    def pil_images(t):
+        arrays = t.permute(0, 2, 3, 1).cpu().numpy()
+        mode = "L" if arrays.shape[-1] == 1 else "RGB"
+        return [Image.fromarray(a.squeeze(-1) if mode == "L" else a, mode) for a in arrays]
+    if cut:
+        views = [(large, pil_images(v)) for v in x.large] + [(small, pil_images(v)) for v in x.small]
+    else:
+        images = pil_images(x)
+        views = [(large, images)] * c.num_large + [(small, images)] * c.num_small
 
     def pil():
-        out = [[large(im) for im in images] for _ in range(c.num_large)]
-        out += [[small(im) for im in images] for _ in range(c.num_small)]
-        return [torch.stack(v).to(stage.device) for v in out]
+        return [torch.stack([t(im) for im in images]).to(stage.device) for t, images in views]
     theirs, theirs_sd = _median_time(pil, sync, max(2, repeats // 4), warmup=1)
-    return {"batch": x.shape[0], "batched_s": ours, "batched_sd": ours_sd, "pil_s": theirs,
+    return {"batch": idx.shape[0], "batched_s": ours, "batched_sd": ours_sd, "pil_s": theirs,
             "pil_sd": theirs_sd, "speedup": theirs / ours}
 
 

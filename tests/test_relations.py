@@ -232,7 +232,7 @@ def _imbalanced():
     rng = np.random.default_rng(0)
     y = np.repeat(np.arange(10), [20] * 8 + [10] * 2)
     x = rng.integers(0, 255, (len(y), 8, 8), dtype=np.uint8)
-    return _tensor_data("npz", x, y, x, y, list(range(8)), [str(i) for i in range(10)])
+    return _tensor_data("npz", x, y, x, y, list(range(8)), [8, 9], [str(i) for i in range(10)])
 
 
 def test_paired_batches_are_half_labeled_with_the_unlabeled_set_cycled():

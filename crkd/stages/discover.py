@@ -18,7 +18,7 @@ from ..metrics import ari, cluster_acc, nmi, split_cluster_acc
 from ..models import NCDModel
 from ..relations import RELATIONS, Dims, SetupData, StepContext
 from .base import Stage
-from .common import autocast, features, infer, load_checkpoint
+from .common import autocast, features, infer, load_checkpoint, save_atomic
 
 
 class Discover(Stage):
@@ -145,13 +145,13 @@ class Discover(Stage):
         image i mod N_l and unlabeled image i mod N_u, half a batch each."""
         s = self.sc
         if s.sampling == "mixed":
-            return self.images.batches(s.batch_size, shuffle=True, drop_last=True)
+            return self.images.batches(s.batch_size, shuffle=True, drop_last=True, crops=self.aug.crop_spec())
         half = max(1, s.batch_size // 2)
         n_l, n_u = len(self.lab_index), len(self.unlab_index)
         order = torch.randperm(max(n_l, n_u), device=self.device)
         chunks = [order[i:i + half] for i in range(0, len(order) - half + 1, half)]
         return self.images.batches_from(
-            torch.cat([self.lab_index[c % n_l], self.unlab_index[c % n_u]]) for c in chunks)
+            (torch.cat([self.lab_index[c % n_l], self.unlab_index[c % n_u]]) for c in chunks), self.aug.crop_spec())
 
     def train_epoch(self) -> dict[str, float]:
         self.model.train()
@@ -195,10 +195,16 @@ class Discover(Stage):
 
     # --- state ---------------------------------------------------------------------
 
-    def state_dict(self) -> dict:
-        # The teacher travels with the run, so a resume needs no other file; the term's
-        # parameters and buffers (memory banks, centres) travel too.
-        return {**super().state_dict(), "teacher": self.teacher_state, "relation": self.relation.state_dict()}
+    def state_dict(self, teacher: bool = True) -> dict:
+        """The whole run. With the teacher (default) a resume needs no other file; without it
+        (a caller that keeps teachers elsewhere, such as the harness's stage-1 cache) the
+        checkpoint is smaller and `from_checkpoint` takes the teacher separately. The term's
+        parameters and buffers (memory banks, centres) always travel."""
+        state = {**super().state_dict(), "relation": self.relation.state_dict()}
+        return {**state, "teacher": self.teacher_state} if teacher else state
+
+    def save(self, path: str, teacher: bool = True) -> None:
+        save_atomic(self.state_dict(teacher), path)
 
     def load_state_dict(self, state: dict) -> None:
         super().load_state_dict(state)
@@ -209,11 +215,16 @@ class Discover(Stage):
                                   f"{self.sc.relation}: {' '.join(str(e).split())[:300]}") from None
 
     @classmethod
-    def from_checkpoint(cls, path: str, data: NCDData | None = None) -> "Discover":
+    def from_checkpoint(cls, path: str, data: NCDData | None = None, teacher: str | dict | None = None) -> "Discover":
+        """Resume a saved run; `teacher` (a teacher checkpoint or its path) for a checkpoint
+        saved without one."""
         state = load_checkpoint(path)
         if state.get("stage") != cls.name:
             raise CheckpointError(f"{path} holds stage {state.get('stage')!r}, not a discovery run")
-        stage = cls(Config.from_dict(state["config"], path),
-                    {"stage": "teacher", "model": state["teacher"]}, data, setup=False)
+        if teacher is None:
+            if "teacher" not in state:
+                raise CheckpointError(f"{path} was saved without its teacher; give the stage-1 teacher too")
+            teacher = {"stage": "teacher", "model": state["teacher"]}
+        stage = cls(Config.from_dict(state["config"], path), teacher, data, setup=False)
         stage.load_state_dict(state)
         return stage

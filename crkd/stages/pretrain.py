@@ -28,7 +28,8 @@ class Pretrain(Stage):
     def train_epoch(self) -> dict[str, float]:
         s, total, steps = self.sc, 0.0, 0
         self.model.train()
-        for step, (x, idx) in enumerate(self.images.batches(s.batch_size, shuffle=True, drop_last=True)):
+        batches = self.images.batches(s.batch_size, shuffle=True, drop_last=True, crops=self.aug.crop_spec(small=False))
+        for step, (x, idx) in enumerate(batches):
             self.model.normalize_prototypes()
             views = self.aug.large(x)
             with autocast(self.device, self.cfg.amp):
