@@ -123,6 +123,9 @@ def main(argv: list[str] | None = None) -> int:
     except CrkdError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    if cfg.threads:  # part of what a result depends on bit for bit (exported configs record it)
+        import torch
+        torch.set_num_threads(cfg.threads)
     rec = Recorder(out, args.quiet, args.resume)
     start = time.perf_counter()
     try:

@@ -1,10 +1,14 @@
 """Ray Tune harness around the crkd trainer.
 
-`harness/tune.py` is the script (read it top to bottom); the modules here hold the
-parts it needs: search-space files (`spaces`), the stage-1 teacher cache (`stage1`),
-Optuna with PRUNED trials (`search`), MLflow runs and the leaderboard (`tracking`,
-`mlflow_callback`), resuming after a killed driver (`restore`), local-or-URI paths
-(`storage`), plots (`plots`), and the `leaderboard.py` / `export.py` commands.
+Commands (each reads top to bottom): `tune.py` (search, confirmation, report),
+`benchmark.py` (methods over seeds), `report.py`, `leaderboard.py`, `export.py`,
+`sync.py` (tracking writes a dead driver left in the journal).
+
+Parts: `settings` (the typed study settings), `driver` and `phases` (the study's
+phases), `trial` (what Tune runs), `search` (Optuna with PRUNED trials), `stage1` (the
+teacher cache), `journal` / `tracking` / `recorder` (MLflow, off Tune's loop),
+`console`, `spaces` (search-space files), `stats` / `reporting` / `plots` (the
+verdict), `storage` (local-or-URI paths, the driver lock), `cluster`, `restore`.
 Only `crkd`'s public API is used.
 """
 
@@ -13,7 +17,12 @@ import sys
 
 
 class Parser(argparse.ArgumentParser):
-    """Command-line misuse is one `error:` line and exit code 2 (argparse would print the usage)."""
+    """Command-line misuse is one `error:` line and exit code 2 (argparse would print the
+    usage). No abbreviations: `--num 3` must not silently mean `--num-samples 3`."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(*args, **kwargs)
 
     def error(self, message):
         sys.stderr.write(f"error: {message} (see --help)\n")

@@ -1,98 +1,167 @@
 #!/usr/bin/env python
-"""Export a study: its best configurations as runnable YAML, and every result as Parquet.
+"""Export a study: the configuration its confirmation supports, as a runnable config, and
+every result as tables.
 
-    python harness/export.py --name rkd_weights-digits-20260101-120000 --top 3 --out exported/
+    python harness/export.py --name rkd_weights-digits-20260101-120000 [--out exported/NAME] [--top 3]
 
 writes
-    OUT/rank01-<trial>.yaml   the trial's resolved config (seed included):
-                              `python -m crkd run --config OUT/rank01-<trial>.yaml --out DIR`
-                              re-runs it as it is
-    OUT/trials.parquet        one row per trial: rank, status, epochs, params, final metrics, config
-    OUT/histories.parquet     one row per trial and epoch: every metric the trial reported
-    OUT/leaderboard.csv       the ranked table
+    OUT/confirmed.yaml        the configuration with the highest confirmed mean (a top search
+                              configuration or a baseline), with the seeds it was confirmed on and
+                              its paired differences against each baseline in the header;
+                              `python -m crkd run --config OUT/confirmed.yaml --seed S` re-runs
+                              the confirmation run of seed S bit for bit on the same kind of machine
+    OUT/search-rankNN-#T.yaml with --top N: the N best search trials as they ran (proxy task fold 0
+                              when the search used the proxy objective)
+    OUT/trials.parquet        one row per search trial: rank, outcome, params, final metrics, config
+    OUT/histories.parquet     one row per run and epoch (search and confirmation): every metric
+    OUT/confirmation.parquet  one row per confirmed configuration x seed (from the report)
+    OUT/leaderboard.csv       the ranked search trials
+
+A config records what its result depends on beyond the trainer's settings: `threads`
+(torch CPU threads; `crkd run` sets them), `device` and `amp`. The torch version and the
+machine kind are in the header.
 """
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import sys
 import tempfile
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from harness import Parser, phases, storage, tracking
+from harness.driver import fail
+from harness.settings import CONFIRM_METRIC, SettingsError, Study
 
-from harness import Parser, tracking  # noqa: E402
+
+def _header(study: Study, lines: list[str], rerun: str) -> str:
+    import platform
+
+    import torch
+    env = (f"torch {torch.__version__}, {platform.machine()}, written by crkd-tune (git {study.git_commit})")
+    return "".join(f"# {ln}\n" for ln in [*lines, f"environment: {env}", rerun]) + "\n"
+
+
+def confirmed(study: Study, out: str) -> str | None:
+    """confirmed.yaml: the configuration the confirmation supports (None if there is none)."""
+    text = storage.read_text(study.path("report", "summary.json"))
+    jobs = json.loads(storage.read_text(study.path("confirm", "jobs.json")) or "[]")
+    if not text or not jobs:
+        return None
+    summary = json.loads(text)
+    label = summary.get("supported")
+    if not label:
+        return None
+    recs = [r for r in phases.records(study, jobs) if r.get("label") == label and r.get("kind") == "train"
+            and r.get("role") != "transfer"]
+    mine = [j for j in jobs if j["label"] == label and j["kind"] == "train" and j["role"] != "transfer"]
+    job = min(mine, key=lambda j: j["seed"])
+    import crkd
+    cfg = crkd.Config.from_yaml(job["config"], "job")
+    from harness.trial import device, threads
+    cfg.threads, cfg.device = threads(study), device(study)  # as the run had them: results depend on them
+    per_seed = ", ".join(f"seed {r['seed']}: {r['final'].get(CONFIRM_METRIC, float('nan')):.4f}"
+                         for r in sorted(recs, key=lambda r: r["seed"]) if r.get("final"))
+    lines = [f"crkd-tune study {study.name}: the configuration its confirmation supports",
+             f'"{label}" ({job["role"]}): the highest mean {CONFIRM_METRIC} over the confirmation seeds',
+             f"{CONFIRM_METRIC} per seed: {per_seed}"]
+    for c in summary.get("comparisons", []):
+        if c["label"] == label:
+            lines.append(f"vs {c['baseline']}: mean difference {c['mean_diff']:+.4f}, 95% CI "
+                         f"[{c['ci_low']:+.4f}, {c['ci_high']:+.4f}], paired t-test p {c['p_t']:.3g}, "
+                         f"n {c['n']}: {c['verdict']}")
+    for baseline, winners in (summary.get("beats") or {}).items():
+        if not winners:
+            lines.append(f"No configuration beats the {baseline} baseline on these seeds.")
+    lines.append(f"depends on beyond the trainer's settings: threads {cfg.threads} (torch CPU threads, set by "
+                 f"crkd run), device {cfg.device}, amp {cfg.amp} (bf16 autocast, CUDA only)")
+    path = os.path.join(out, "confirmed.yaml")
+    with open(path, "w") as f:
+        f.write(_header(study, lines, f"re-run: python -m crkd run --config confirmed.yaml --seed {job['seed']} "
+                                      f"--out out/{study.name}-s{job['seed']}") + cfg.to_yaml())
+    return path
 
 
 def main(argv=None) -> int:
-    p = Parser(description="Export a crkd-tune study's best configs (YAML) and all results (Parquet).")
+    p = Parser(description="Export a crkd-tune study: its confirmed configuration (YAML) and all results (Parquet).")
     p.add_argument("--name", required=True, help="study name")
-    p.add_argument("--top", type=int, default=3, help="how many best configurations to write (default 3)")
-    p.add_argument("--out", required=True, help="output folder (created)")
-    p.add_argument("--tracking-uri", default=None,
-                   help=f"MLflow store (default {tracking.default_tracking_uri()}, the one tune.py uses)")
+    p.add_argument("--storage", default="runs", help="where the study lives (default ./runs)")
+    p.add_argument("--out", help="output folder (default exported/<name>)")
+    p.add_argument("--top", type=int, default=0, help="also the N best search trials' configs (default 0)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow store (default: the study's)")
     args = p.parse_args(argv)
     if args.top < 0:
         p.error("--top must be >= 0")
-    uri = args.tracking_uri or tracking.default_tracking_uri()
-    if uri.startswith("sqlite:///") and not os.path.exists(uri[len("sqlite:///"):]):
-        sys.stderr.write(f"error: no MLflow store at {uri}; pass --tracking-uri\n")
-        return 2
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-    from mlflow.tracking import MlflowClient
-    client = MlflowClient(uri)
     try:
-        info, rows = tracking.leaderboard(client, args.name)
-    except tracking.TrackingError as e:
-        sys.stderr.write(f"error: {e}\n")
-        return 2
-    os.makedirs(args.out, exist_ok=True)
-    metric = info["metric"]
+        study = Study.load(storage.check_root(args.storage), args.name)
+    except (SettingsError, storage.StorageError) as e:
+        fail(str(e))
+    out = args.out or os.path.join("exported", study.name)
+    os.makedirs(out, exist_ok=True)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from mlflow.tracking import MlflowClient
+    client = MlflowClient(args.tracking_uri or study.tracking)
 
-    # The best configurations: finished trials first (the leaderboard's order).
-    best = [r for r in rows if r["status"] == "FINISHED"][:args.top]
-    if len(best) < args.top:
-        print(f"note: only {len(best)} finished trials; early-stopped and failed ones are not exported as configs")
+    path = confirmed(study, out)
+    if path:
+        print(f"wrote {path}")
+        for line in open(path):
+            if line.startswith("# No configuration beats"):
+                print(line[2:].strip())
+    else:
+        print("note: no confirmation to export (run with --confirm-seeds > 0); see --top for search trials")
+
+    try:
+        info, rows = tracking.leaderboard(client, study.name)
+    except tracking.TrackingError as e:
+        fail(str(e))
+    best = [r for r in rows if r["outcome"] == "finished"][:args.top]
     for r in best:
         with tempfile.TemporaryDirectory() as d:
-            text = open(client.download_artifacts(r["run_id"], "config.yaml", d)).read()
-        seed = client.get_run(r["run_id"]).data.params.get("seed", "0")
-        fname = f"rank{r['rank']:02d}-{r['trial_id']}.yaml"
-        header = (f"# crkd-tune study {info['study']}, trial {r['trial_id']} (rank {r['rank']}, {r['status'].lower()} "
-                  f"after {r['epochs']} epochs)\n"
-                  f"# {metric} = {r[metric]!r}"
-                  + ("  (uses novel labels: label leakage, docs/method.md 5)" if info["label_leakage"] else "") + "\n"
-                  + "".join(f"# {k} = {r[k]!r}  ({f})\n" for k, f in info["fields"].items())
-                  + f"# MLflow run {r['run_id']}\n"
-                  f"# re-run: python -m crkd run --config {fname} --seed {seed} --out out/{fname[:-5]}\n")
-        with open(os.path.join(args.out, fname), "w") as f:
-            f.write(header + text)
-        print(f"wrote {os.path.join(args.out, fname)}  ({metric}={r[metric]})")
+            text = open(tracking.read_artifact(client, r["run_id"], "config.yaml", d)).read()
+        fname = f"search-rank{r['rank']:02d}-#{r['trial']}.yaml"
+        lines = [f"crkd-tune study {info['study']}, search trial #{r['trial']} (rank {r['rank']}, {r['outcome']} "
+                 f"after {r['epochs']} epochs, one seed)",
+                 f"{info['metric']} = {r[info['metric']]!r}"
+                 + ("  (reads novel labels: label leakage)" if info["label_leakage"] else ""),
+                 *(f"{k} = {r[k]!r}  ({f})" for k, f in info["fields"].items())]
+        if info.get("objective") == "proxy":
+            lines.append("this is the proxy task (data.proxy_fold); --set data.proxy_fold=-1 runs it on the real split")
+        with open(os.path.join(out, fname), "w") as f:
+            f.write(_header(study, lines, f"re-run: python -m crkd run --config {fname} --out out/{fname[:-5]}") + text)
+        print(f"wrote {os.path.join(out, fname)}  ({info['metric']}={r[info['metric']]})")
 
-    # All trials and their epoch histories.
+    # Every search trial and every run's epochs.
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     trial_rows, hist_rows = [], []
-    for r in rows:
-        run = client.get_run(r["run_id"])
-        row = {k: v for k, v in r.items()}
-        row.update({f"final/{k}": v for k, v in sorted(run.data.metrics.items())})
-        row.update({f"config/{k}": v for k, v in sorted(run.data.params.items())})
-        trial_rows.append(row)
+    by_run = {r["run_id"]: r for r in rows}
+    for run in tracking.runs_of(client, info["experiment_id"], "trial") + tracking.runs_of(
+            client, info["experiment_id"], "confirm"):
+        t = run.data.tags
+        r = by_run.get(run.info.run_id)
+        if r is not None:
+            trial_rows.append({**r, **{f"final/{k}": v for k, v in sorted(run.data.metrics.items())},
+                               **{f"config/{k}": v for k, v in sorted(run.data.params.items())}})
         by_epoch: dict[int, dict] = {}
         for key in sorted(run.data.metrics):
-            for m in client.get_metric_history(r["run_id"], key):
+            for m in client.get_metric_history(run.info.run_id, key):
                 by_epoch.setdefault(m.step, {})[key] = m.value  # a re-logged epoch keeps its last value
         for epoch in sorted(by_epoch):
-            hist_rows.append({"trial_id": r["trial_id"], "run_id": r["run_id"], "status": r["status"],
-                              **{k: v for k, v in r.items() if k in info["fields"]},
-                              "epoch": epoch, **by_epoch[epoch]})
-    # Columns can differ between trials (a failed trial lacks some): unify the schemas.
+            hist_rows.append({"run": run.info.run_name, "role": t.get("crkd.role"), "key": t.get("crkd.key"),
+                              "config": t.get("crkd.config", ""), "seed": t.get("crkd.seed", ""),
+                              "outcome": t.get("crkd.outcome", ""), "run_id": run.info.run_id, "epoch": epoch,
+                              **by_epoch[epoch]})
     for name, data in (("trials.parquet", trial_rows), ("histories.parquet", hist_rows)):
         cols = list(dict.fromkeys(k for row in data for k in row))
         pq.write_table(pa.Table.from_pylist([{c: row.get(c) for c in cols} for row in data]),
-                       os.path.join(args.out, name))
-    tracking.write_table(rows, csv_path=os.path.join(args.out, "leaderboard.csv"))
-    print(f"wrote {args.out}/trials.parquet ({len(trial_rows)} trials), histories.parquet "
-          f"({len(hist_rows)} trial-epochs), leaderboard.csv")
+                       os.path.join(out, name))
+    tracking.write_table(rows, csv_path=os.path.join(out, "leaderboard.csv"))
+    report = study.path("report", "confirmation.parquet")
+    if not storage.is_uri(report) and os.path.isfile(report):
+        shutil.copy2(report, os.path.join(out, "confirmation.parquet"))
+    print(f"wrote {out}/trials.parquet ({len(trial_rows)} trials), histories.parquet ({len(hist_rows)} run-epochs), "
+          f"leaderboard.csv" + (", confirmation.parquet" if os.path.exists(os.path.join(out, "confirmation.parquet")) else ""))
     return 0
 
 

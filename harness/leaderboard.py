@@ -1,26 +1,25 @@
 #!/usr/bin/env python
-"""The ranked trials of a study, read from MLflow.
+"""The ranked search trials of a study, read from MLflow.
 
-    python harness/leaderboard.py                      # the newest study in ./runs/mlflow.db
+    python harness/leaderboard.py                      # the newest study in ./runs
     python harness/leaderboard.py --name rkd_weights-digits-20260101-120000 --top 5
     python harness/leaderboard.py --tracking-uri http://head:5000 --name my-study --csv board.csv
 
-Finished trials come first, ranked by the study's metric; then trials that ASHA
-stopped early (their score is from fewer epochs, so it is not comparable); then
-failed ones.
+Finished trials come first, ranked by the study's metric at their last epoch; then
+trials ASHA stopped early (their score is from fewer epochs, so it is not comparable);
+then failed ones. A search's ranking is one seed per trial: the study's report, which
+retrains the top configurations on fresh seeds, is the verdict.
 """
 from __future__ import annotations
 
 import os
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from harness import Parser, tracking  # noqa: E402
+from harness import Parser, tracking
 
 
 def main(argv=None) -> int:
-    p = Parser(description="Ranked trials of a crkd-tune study, from MLflow.")
+    p = Parser(description="Ranked search trials of a crkd-tune study, from MLflow.")
     p.add_argument("--name", help="study name (default: the newest study in the store)")
     p.add_argument("--top", type=int, help="show only the best N trials")
     p.add_argument("--tracking-uri", default=None,
@@ -39,16 +38,16 @@ def main(argv=None) -> int:
     except tracking.TrackingError as e:
         sys.stderr.write(f"error: {e}\n")
         return 2
-    counts = {}
+    counts: dict[str, int] = {}
     for r in rows:
-        counts[r["status"]] = counts.get(r["status"], 0) + 1
+        counts[r["outcome"] or "running"] = counts.get(r["outcome"] or "running", 0) + 1
     print(f"study {info['study']} ({info['status'].lower()}): {len(rows)} trials, "
-          + ", ".join(f"{v} {k.lower()}" for k, v in sorted(counts.items()))
+          + ", ".join(f"{v} {k}" for k, v in sorted(counts.items()))
           + f"; ranked by {info['metric']} ({info['mode']}) at the last epoch; max epochs {info['max_t']}")
     print(tracking.format_table(info, rows, args.top))
     if info["label_leakage"]:
-        print(f"note: {info['metric']} uses the novel classes' labels; selecting by it is label leakage "
-              f"(docs/method.md 5)")
+        print(f"note: {info['metric']} reads the novel classes' labels: selecting by it is label leakage "
+              f"(the papers' protocol); the scores are optimistic")
     if args.csv:
         tracking.write_table(rows, csv_path=args.csv)
         print(f"wrote {args.csv}")

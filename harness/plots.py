@@ -103,3 +103,16 @@ def _page(path: str, title: str, body: str) -> None:
     with open(path, "w") as f:
         f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
                 f"</head><body><h3>{html.escape(title)}</h3>{body}</body></html>")
+
+
+def study_plots(study) -> str | None:
+    """The study's Optuna plots in a new folder (None if there is no Optuna study)."""
+    import tempfile
+
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    ot = optuna.load_study(study_name=study.name, storage=JournalStorage(JournalFileBackend(study.optuna_journal)))
+    folder = tempfile.mkdtemp(prefix="crkd-plots-")
+    optuna_plots(ot, folder)
+    return folder

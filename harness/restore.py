@@ -58,7 +58,7 @@ class OutcomeMarkers(tune.Callback):
         self.experiment = experiment
 
     def on_trial_complete(self, iteration, trials, trial, **info):
-        from .mlflow_callback import TUNE_KEYS
+        from .recorder import TUNE_KEYS
         last = {k: v for k, v in (trial.last_result or {}).items()
                 if isinstance(v, (int, float, str)) and not isinstance(v, bool) and k not in TUNE_KEYS}
         try:

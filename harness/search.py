@@ -30,6 +30,11 @@ class PruningOptunaSearch(OptunaSearch):
         self.max_t, self.time_attr = max_t, time_attr
         self._last_step: dict[str, int] = {}  # trial_id -> last epoch reported to Optuna
         super().__init__(*args, **kwargs)
+        if self._ot_study is not None and self._metric:
+            import warnings
+            with warnings.catch_warnings():  # "experimental" since Optuna 3.2, and what dashboards read
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self._ot_study.set_metric_names([self._metric])  # its name, not "Objective 0"
 
     def restore_from_dir(self, checkpoint_dir: str):
         super().restore_from_dir(checkpoint_dir)
@@ -54,7 +59,9 @@ class PruningOptunaSearch(OptunaSearch):
                     _suggest(ot_trial, name, dist)  # returns the stored value if already drawn
         params = super().suggest(trial_id)
         if params is not None:
-            self._ot_trials[trial_id].set_user_attr("tune_trial_id", trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            ot_trial.set_user_attr("tune_trial_id", trial_id)
+            params = {**params, "_n": ot_trial.number}  # the Optuna number names the run everywhere
         return params
 
     def _lost(self) -> list:
@@ -87,15 +94,16 @@ class PruningOptunaSearch(OptunaSearch):
         value = result.get(self._metric) if result else None
         reached = int(result.get(self.time_attr, 0)) if result else 0
         if error:
-            state, values = TrialState.FAIL, None
+            state, values, outcome = TrialState.FAIL, None, "failed"
         elif value is None or not math.isfinite(float(value)):
-            state, values = TrialState.FAIL, None
+            state, values, outcome = TrialState.FAIL, None, "failed"
         elif reached < self.max_t:
-            state, values = TrialState.PRUNED, None
+            state, values, outcome = TrialState.PRUNED, None, "early-stopped"
         else:
-            state, values = TrialState.COMPLETE, float(value)
+            state, values, outcome = TrialState.COMPLETE, float(value), "finished"
         try:
             ot_trial.set_user_attr("epochs_reached", reached)
+            ot_trial.set_user_attr("outcome", outcome)  # the harness's word for Optuna's state
             if (value is not None and math.isfinite(float(value)) and reached
                     and self._last_step.get(trial_id) != reached):
                 # Ray passes the stopping result here and not to on_trial_result: without this

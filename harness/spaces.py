@@ -148,8 +148,13 @@ def load_space(name_or_path: str, benchmark: str, text: str | None = None,
     path = name_or_path if text is not None else resolve_path(name_or_path)
     where = os.path.relpath(path) if not os.path.relpath(path).startswith("..") else path
     if text is None:
-        with open(path) as f:
-            text = f.read()
+        try:
+            with open(path) as f:
+                text = f.read()
+        except UnicodeDecodeError:
+            raise SpaceError(f"{where}: not a text file (a YAML search space is text; see search_spaces/README.md)") from None
+        except OSError as e:
+            raise SpaceError(f"{where}: cannot be read ({e.strerror})") from None
     try:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -88,7 +88,7 @@ def test_searcher_marks_early_stopped_trials_pruned():
     from optuna.trial import TrialState
     storage = optuna.storages.InMemoryStorage()
     s = make_searcher(storage, points=[{"x": 0.5}])
-    assert s.suggest("a") == {"x": 0.5}  # the enqueued default comes first
+    assert s.suggest("a") == {"x": 0.5, "_n": 0}  # the enqueued default comes first, numbered
     s.suggest("b"), s.suggest("c"), s.suggest("d")
     s.on_trial_result("a", {"acc": 0.1, "epoch": 1, "training_iteration": 1})
     s.on_trial_complete("a", {"acc": 0.3, "epoch": 2})          # ASHA stop at epoch 2
@@ -99,7 +99,8 @@ def test_searcher_marks_early_stopped_trials_pruned():
     s.on_trial_complete("d", {"acc": float("nan"), "epoch": 4})  # a NaN score is no score
     trials = {t.user_attrs["tune_trial_id"]: t for t in optuna.load_study(study_name="s", storage=storage).trials}
     assert trials["a"].state == TrialState.PRUNED and trials["a"].intermediate_values == {1: 0.1, 2: 0.3}
-    assert trials["a"].user_attrs["epochs_reached"] == 2
+    assert trials["a"].user_attrs["epochs_reached"] == 2 and trials["a"].user_attrs["outcome"] == "early-stopped"
+    assert trials["b"].user_attrs["outcome"] == "finished" and trials["c"].user_attrs["outcome"] == "failed"
     assert trials["b"].state == TrialState.COMPLETE and trials["b"].value == 0.6
     assert trials["c"].state == TrialState.FAIL and trials["d"].state == TrialState.FAIL
     s.on_trial_complete("a", {"acc": 0.9, "epoch": 4})  # a repeat is ignored
@@ -118,7 +119,7 @@ def test_searcher_adopts_trials_an_interrupted_driver_left_running():
     s2 = make_searcher(storage)  # the restored searcher knows "a" only
     s2._ot_trials = {"a": s1._ot_trials["a"]}
     s2._completed_trials = {"a"}
-    assert s2.suggest("c") == {"x": orphan.params["x"]}
+    assert s2.suggest("c") == {"x": orphan.params["x"], "_n": orphan.number}
     s2.on_trial_complete("c", {"acc": 0.7, "epoch": 4})
     trials = optuna.load_study(study_name="s", storage=storage).trials
     assert len(trials) == 2 and all(t.state == TrialState.COMPLETE for t in trials)
@@ -126,7 +127,7 @@ def test_searcher_adopts_trials_an_interrupted_driver_left_running():
 
 
 def test_error_line_picks_the_exception(tmp_path):
-    from harness.mlflow_callback import error_line
+    from harness.recorder import error_line
 
     class T:
         error_file = str(tmp_path / "error.txt")
@@ -137,3 +138,33 @@ def test_error_line_picks_the_exception(tmp_path):
         "Failure # 2 (occurred at 2026-01-01)\nray::ImplicitFunc.train()\n"
         "harness.storage.RepeatedFailure: NonFiniteLoss: discover: loss term 'loss/total' is nan at epoch 2\n")
     assert error_line(T()).startswith("NonFiniteLoss: discover: loss term 'loss/total' is nan at epoch 2")
+
+
+def test_stage1_cache_heals_a_corrupt_teacher(tmp_path):
+    cache = Stage1Cache(str(tmp_path))
+    cfg = tiny_config()
+    path, how = cache.teacher(cfg, log=lambda m: None)
+    import torch
+    good = torch.load(path, weights_only=True)["model"]
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:  # truncated, as a full disk or a killed copy leaves it
+        f.truncate(size // 2)
+    logs = []
+    path2, how2 = cache.teacher(cfg, log=logs.append)
+    assert how2 == "retrained" and any("does not match its sha256" in m for m in logs)
+    again = torch.load(path2, weights_only=True)["model"]
+    assert all(torch.equal(good[k], again[k]) for k in good)  # stage 1 is seeded: the same weights again
+    assert cache.teacher(cfg, log=lambda m: None)[1] == "hit"
+
+
+def test_stage1_failure_is_recorded_once(tmp_path):
+    from harness.stage1 import StageOneFailed
+    cache = Stage1Cache(str(tmp_path))
+    cfg = tiny_config(**{"pretrain.lr": 1e12})
+    with pytest.raises(crkd.NonFiniteLoss):
+        cache.teacher(cfg, log=lambda m: None)
+    key = crkd.stage1_key(cfg)
+    failed = json.loads((tmp_path / key / "failed.json").read_text())
+    assert failed["error"].startswith("NonFiniteLoss: pretrain: loss term")
+    with pytest.raises(StageOneFailed, match="stage 1 of .* failed in run"):  # at once, no second training
+        cache.teacher(cfg, log=lambda m: None)
