@@ -126,13 +126,17 @@ def _train(cfgs: list[crkd.Config], study: Study, trial_id: str, prefix: str, jo
         return
     # Every class whose images this run loaded, once: the record that a proxy search saw no novel class.
     classes = ",".join(sorted({n for d in datas for n in d.class_names}))
+    key = study.metric if not job else None
     for results in zip(*runs):
         metrics = {**_merge(list(results), prefix), "stage1_cache": how, "data_classes": classes}
         epoch = results[0]["epoch"]
-        if job and epoch == epochs:  # the record first: a report may end the process
+        if epoch == epochs and (job or not prefix):  # the record first: a report may end the process
             final, history = _numbers(results[0]), [_numbers(m) for m in runs[0].history]
-            _write_record(study, job, {"outcome": "finished", "final": final, "history": history})
-            _remember(cfgs[0], study, job, final, history)
+            if job:
+                _write_record(study, job, {"outcome": "finished", "final": final, "history": history})
+            _remember(cfgs[0], study, job or {"id": trial_id}, final, history)
+        if key and key not in metrics and epoch != epochs:
+            continue  # no evaluation this epoch (discover.eval_every > 1): ASHA needs its metric
         if epoch % study.checkpoint_every and epoch != epochs:
             tune.report(metrics)
             continue
@@ -181,22 +185,38 @@ def _floors(job: dict, study: Study) -> None:
 # confirms the same configuration on the same seed (the baselines, typically) replays the
 # record instead of training again; the record says where it came from.
 
-def run_key(cfg: crkd.Config, code: str) -> str:
-    """The configuration and the code that trains it (a git commit: a change of the trainer
-    must not replay a result of the old one)."""
+_CODE: list[str] = []
+
+
+def trainer_code() -> str:
+    """A hash of the trainer's source (every file of the crkd package): a result depends on it."""
+    if not _CODE:
+        import hashlib
+        root = os.path.dirname(os.path.abspath(crkd.__file__))
+        h = hashlib.sha256()
+        for base, _, files in sorted(os.walk(root)):
+            for name in sorted(files):
+                if name.endswith((".py", ".txt")):
+                    with open(os.path.join(base, name), "rb") as f:
+                        h.update(os.path.relpath(os.path.join(base, name), root).encode() + f.read())
+        _CODE.append(h.hexdigest())
+    return _CODE[0]
+
+
+def run_key(cfg: crkd.Config) -> str:
+    """The configuration and the code that trains it: a change of either is a new run."""
     import hashlib
-    return hashlib.sha256((code + "\n" + cfg.to_yaml()).encode()).hexdigest()[:20]
+    return hashlib.sha256((trainer_code() + "\n" + cfg.to_yaml()).encode()).hexdigest()[:20]
 
 
 def _cache_path(study: Study, cfg: crkd.Config) -> str:
-    return storage.join(study.root, "run_cache", f"{run_key(cfg, study.git_commit)}.json")
+    return storage.join(study.root, "run_cache", f"{run_key(cfg)}.json")
 
 
 def _cacheable(cfg: crkd.Config, study: Study) -> bool:
-    """CPU runs of committed code: GPU kernels are not bit-reproducible, and a dirty or
-    unknown checkout is not a code version."""
-    code = study.git_commit
-    return cfg.device == "cpu" and bool(code) and code != "none" and not code.endswith("+dirty")
+    """CPU runs only: GPU kernels are not bit-reproducible, a cached GPU result would be one
+    draw passed off as another."""
+    return cfg.device == "cpu"
 
 
 def _replay(cfg: crkd.Config, study: Study, job: dict) -> bool:
