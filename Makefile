@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
 
-.PHONY: run test bench
+.PHONY: run test bench faults ui dashboard
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,3 +21,13 @@ test: $(VENV)/.installed
 
 bench: $(VENV)/.installed
 	$(PY) -m crkd.bench $(ARGS)
+
+# Browse the studies in ./runs: MLflow (the printed links open the leaderboard) and Optuna's dashboard.
+ui: $(VENV)/.installed
+	$(PY) -m mlflow server --backend-store-uri sqlite:///$(CURDIR)/runs/mlflow.db \
+		--artifacts-destination $(CURDIR)/runs/mlartifacts --host 127.0.0.1 --port 5000
+
+dashboard: $(VENV)/.installed
+	$(PY) -c "import optuna_dashboard" 2>/dev/null || $(PY) -m pip install --quiet -e '.[dashboard]'
+	$(VENV)/bin/optuna-dashboard $(if $(NAME),runs/$(NAME)/optuna.log,$$(ls -t runs/*/optuna.log | head -1)) \
+		--host 127.0.0.1 --port 8080

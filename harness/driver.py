@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import signal
 import socket
@@ -106,7 +107,8 @@ class Driver:
                   "overrides": study.overrides}
         try:
             self.experiment_id, self.parent_id = tracking.open_study(
-                client, study.name, self.resume or not phases.started(study), tags, params, description(study))
+                client, study.name, self.resume or not phases.started(study), tags, params, description(study),
+                tracking.views(list(study.fields), study.metric))
         except tracking.TrackingError as e:
             fail(str(e))
         except Exception as e:  # the store itself: unreachable server, broken database
@@ -180,8 +182,11 @@ class Driver:
 
     def _search_summary(self, selection: dict) -> None:
         from .tracking import format_table
+        sign = -1 if self.study.mode == "max" else 1
         rows = sorted(selection["trials"], key=lambda r: (r["outcome"] != "finished", r["outcome"] != "early-stopped",
-                                                          -(r["score"] if r["score"] is not None else -1e9)))
+                                                          sign * r["score"] if r["score"] is not None else math.inf))
+        for i, r in enumerate(rows, 1):  # the MLflow leaderboard view sorts by this
+            self.writer.put({"op": "metrics", "key": r["trial_id"], "step": 0, "values": {"rank": float(i)}})
         table = [{"rank": i, "trial": r["number"], "outcome": r["outcome"], "epochs": r["epochs"],
                   self.study.metric: r["score"], **r["params"]} for i, r in enumerate(rows, 1)]
         info = {"metric": self.study.metric, "fields": self.study.fields}
@@ -256,6 +261,7 @@ class Driver:
             from .plots import study_plots
             folder = study_plots(self.study)
             if folder:
+                storage.copy_dir(folder, self.study.path("plots"))  # beside the report, and on the parent run
                 self.writer.put({"op": "files", "key": "study", "dir": self.writer.journal.stash(folder),
                                  "path": "plots"})
         except Exception as e:  # plots must not cost a study its ending
@@ -268,7 +274,10 @@ class Driver:
         c.line(f"\nstudy {study.name}: {duration(seconds)}")
         if getattr(self, "experiment_id", None):
             c.line(f"browse:   {ui_command(study.tracking)}")
-            c.line(f"          then {ui_link(study.tracking, self.experiment_id, study.metric)}")
+            if study.kind == "study":
+                c.line(f"          leaderboard   {ui_link(study.tracking, self.experiment_id, 'leaderboard')}")
+            if study.confirm_seeds:
+                c.line(f"          confirmation  {ui_link(study.tracking, self.experiment_id, 'confirmation')}")
         if study.kind == "study":
             c.line(f"optuna:   optuna-dashboard {study.optuna_journal}   (pip install -e '.[dashboard]')")
             c.line(f"table:    python harness/leaderboard.py --name {study.name}{flag}")

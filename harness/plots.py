@@ -1,16 +1,22 @@
-"""Plots logged as MLflow artifacts: per-trial learning curves, and the study's Optuna
-history, parallel-coordinate and parameter-importance plots as HTML.
+"""Plots of a whole search, from its Optuna journal: PNG files (matplotlib, which the full
+`mlflow` package already depends on), so they render offline anywhere.
 
-Interactive plotly HTML when plotly is installed; otherwise matplotlib (which the
-full `mlflow` package already depends on) drawn as SVG inside an HTML page. No
-plotting package is imported until a plot is made, and none by crkd.
+Every trial counts, pruned (early-stopped) ones included: Optuna's own plots draw only
+the trials that reached the last epoch, which after ASHA is a small minority.
+
+    history.png         each trial's last score by trial number (finished, early-stopped,
+                        failed marked apart) and the best finished score so far
+    intermediate.png    learning curves: every trial's score at each epoch
+    parallel.png        parallel coordinates of the parameters (log axes for log-scale ones),
+                        coloured by the last score
+    importances.png     fANOVA importances from every trial with a score (pruned ones at their
+                        last epoch's score: the title says how many of each)
 """
 from __future__ import annotations
 
-import html
-import io
+import math
 import os
-import warnings
+import tempfile
 
 
 def _plt():
@@ -20,99 +26,159 @@ def _plt():
     return plt
 
 
-def learning_curves(hist: dict[str, list[tuple[int, float]]], outdir: str) -> list[str]:
-    """`hist`: metric -> [(epoch, value)]. Writes history.csv and curves.png."""
-    steps = sorted({s for v in hist.values() for s, _ in v})
-    cols = list(hist)
-    table = {k: dict(v) for k, v in hist.items()}
-    csv = os.path.join(outdir, "history.csv")
-    with open(csv, "w") as f:
-        f.write(",".join(["epoch", *cols]) + "\n")
-        for s in steps:
-            f.write(",".join([str(s), *("" if s not in table[k] else repr(table[k][s]) for k in cols)]) + "\n")
-    written = [csv]
-    try:
-        plt = _plt()
-    except ImportError:
-        return written
-    losses = [k for k in cols if k.startswith("loss/")]
-    others = [k for k in cols if k not in losses]
-    fig, axes = plt.subplots(1, 2 if losses else 1, figsize=(10 if losses else 5.5, 3.6), squeeze=False)
-    panels = [(axes[0][0], others, "score")] + ([(axes[0][1], losses, "loss")] if losses else [])
-    for ax, keys, label in panels:
-        for k in keys:
-            xs, ys = zip(*hist[k])
-            ax.plot(xs, ys, marker="." if len(xs) < 30 else None, label=k)
-        ax.set_xlabel("discovery epoch")
-        ax.set_ylabel(label)
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+def _rows(study) -> list[dict]:
+    from optuna.trial import TrialState
+    out = []
+    for t in study.get_trials(deepcopy=False):
+        steps = sorted(t.intermediate_values)
+        last = t.value if t.state == TrialState.COMPLETE else (t.intermediate_values[steps[-1]] if steps else None)
+        kind = {TrialState.COMPLETE: "finished", TrialState.PRUNED: "early-stopped",
+                TrialState.FAIL: "failed"}.get(t.state, "running")
+        out.append({"number": t.number, "kind": kind, "last": last, "epochs": steps[-1] if steps else 0,
+                    "curve": [(s, t.intermediate_values[s]) for s in steps], "params": t.params,
+                    "distributions": t.distributions})
+    return out
+
+
+STYLE = {"finished": dict(marker="o", color="C0"), "early-stopped": dict(marker="v", color="C1", alpha=0.7),
+         "failed": dict(marker="x", color="C3"), "running": dict(marker=".", color="grey")}
+
+
+def history(rows: list[dict], metric: str, mode: str, path: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    low = min((r["last"] for r in rows if r["last"] is not None), default=0.0)
+    for kind, style in STYLE.items():
+        pts = [(r["number"], r["last"] if r["last"] is not None else low) for r in rows if r["kind"] == kind]
+        if pts:
+            ax.scatter(*zip(*pts), label=f"{kind} ({len(pts)})", **style)
+    best, line = None, []
+    for r in sorted(rows, key=lambda r: r["number"]):
+        if r["kind"] == "finished" and r["last"] is not None:
+            best = r["last"] if best is None else (max if mode == "max" else min)(best, r["last"])
+        line.append((r["number"], best))
+    pts = [(n, b) for n, b in line if b is not None]
+    if pts:
+        ax.step(*zip(*pts), where="post", color="C2", label="best finished so far")
+    from matplotlib.ticker import MaxNLocator
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set(xlabel="trial", ylabel=metric, title=f"search history: {len(rows)} trials (early-stopped at their last epoch)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
     fig.tight_layout()
-    png = os.path.join(outdir, "curves.png")
-    fig.savefig(png, dpi=90)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
-    return written + [png]
 
 
-def optuna_plots(study, outdir: str) -> list[str]:
-    """history.html, parallel_coordinate.html, param_importances.html for an Optuna study.
-    A plot that cannot be drawn (e.g. importances need two completed trials) becomes a
-    page that says why."""
+def intermediate(rows: list[dict], metric: str, path: str) -> None:
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(8, 4.2))
+    for r in rows:
+        if not r["curve"]:
+            continue
+        xs, ys = zip(*r["curve"])
+        finished = r["kind"] == "finished"
+        ax.plot(xs, ys, color="C0" if finished else "grey", alpha=0.9 if finished else 0.5, lw=1.5 if finished else 1)
+        ax.annotate(f"#{r['number']}", (xs[-1], ys[-1]), fontsize=7, alpha=0.8)
+    ax.set(xlabel="discovery epoch", ylabel=metric,
+           title=f"learning curves of all {sum(bool(r['curve']) for r in rows)} trials (grey: early-stopped or failed)")
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def parallel(rows: list[dict], metric: str, path: str) -> None:
+    plt = _plt()
+    names = sorted({n for r in rows for n in r["params"]})
+    scored = [r for r in rows if r["last"] is not None and r["params"]]
+    fig, ax = plt.subplots(figsize=(max(6, 2.2 * (len(names) + 1)), 4.5))
+    if not names or not scored:
+        ax.text(0.5, 0.5, "no scored trial yet", ha="center")
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        return
+
+    def position(name, value, dist):
+        """Where a value sits on its axis, 0..1: log axes for log-scale parameters, choices by index."""
+        if hasattr(dist, "choices"):
+            return dist.choices.index(value) / max(1, len(dist.choices) - 1)
+        lo, hi = dist.low, dist.high
+        if getattr(dist, "log", False):
+            return (math.log(value) - math.log(lo)) / (math.log(hi) - math.log(lo))
+        return (value - lo) / (hi - lo) if hi > lo else 0.5
+
+    values = [r["last"] for r in scored]
+    vmin, vmax = min(values), max(values)
+    cmap = plt.get_cmap("viridis")
+    for r in scored:
+        dist = r["distributions"]
+        ys = [position(n, r["params"][n], dist[n]) for n in names if n in r["params"]] + \
+             [(r["last"] - vmin) / (vmax - vmin) if vmax > vmin else 0.5]
+        ax.plot(range(len(ys)), ys, color=cmap((r["last"] - vmin) / (vmax - vmin) if vmax > vmin else 0.5),
+                ls="-" if r["kind"] == "finished" else "--", alpha=0.8)
+    dists = {n: next(r["distributions"][n] for r in scored if n in r["distributions"]) for n in names}
+    labels = []
+    for n in names:
+        d = dists[n]
+        if hasattr(d, "choices"):
+            labels.append(f"{n}\n{' / '.join(map(str, d.choices))}")
+        else:
+            labels.append(f"{n}\n[{d.low:g}, {d.high:g}]" + (" log" if getattr(d, "log", False) else ""))
+    labels.append(f"{metric}\n[{vmin:.3g}, {vmax:.3g}]")
+    ax.set_xticks(range(len(labels)), labels, fontsize=8)
+    ax.set_yticks([])
+    for x in range(len(labels)):
+        ax.axvline(x, color="black", lw=0.5)
+    ax.set_title(f"parallel coordinates: {len(scored)} trials (dashed: early-stopped, at their last epoch)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def importances(study, rows: list[dict], path: str) -> None:
+    """fANOVA on a copy of the study where each scored trial counts with its last score."""
     import optuna
-    plots = {"history": "plot_optimization_history", "parallel_coordinate": "plot_parallel_coordinate",
-             "param_importances": "plot_param_importances"}
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7, 3.5))
+    scored = [r for r in rows if r["last"] is not None and r["params"]]
+    finished = sum(r["kind"] == "finished" for r in scored)
     try:
-        import plotly  # noqa: F401
-        backend = "plotly"
-    except ImportError:
-        backend = "matplotlib"
-    written = []
-    level = optuna.logging.get_verbosity()
-    optuna.logging.set_verbosity(optuna.logging.ERROR)  # "no complete trials" is said in the page
-    try:
-        for name, fn in plots.items():
-            written.append(_optuna_plot(study, name, fn, backend, outdir))
-    finally:
-        optuna.logging.set_verbosity(level)
-    return written
-
-
-def _optuna_plot(study, name: str, fn: str, backend: str, outdir: str) -> str:
-    import optuna
-    path = os.path.join(outdir, f"{name}.html")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # the matplotlib plots are "experimental"
-            if backend == "plotly":
-                getattr(optuna.visualization, fn)(study).write_html(path, include_plotlyjs="cdn")
-                return path
-            plt = _plt()
-            ax = getattr(optuna.visualization.matplotlib, fn)(study)
-            fig = ax.figure if hasattr(ax, "figure") else ax.flat[0].figure
-            fig.set_size_inches(9, 5)
-            buf = io.StringIO()
-            fig.savefig(buf, format="svg", bbox_inches="tight")
-            plt.close(fig)
-        _page(path, f"{study.study_name}: {name}", buf.getvalue())
-    except Exception as e:
-        _page(path, f"{study.study_name}: {name}", f"<p>Not drawn: {html.escape(' '.join(str(e).split()))}</p>")
-    return path
-
-
-def _page(path: str, title: str, body: str) -> None:
-    with open(path, "w") as f:
-        f.write(f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-                f"</head><body><h3>{html.escape(title)}</h3>{body}</body></html>")
+        copy = optuna.create_study(direction=study.direction)
+        for r in scored:
+            copy.add_trial(optuna.trial.create_trial(params=r["params"], distributions=r["distributions"],
+                                                     value=r["last"]))
+        imp = optuna.importance.get_param_importances(copy, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0))
+        names = list(imp)[::-1]
+        ax.barh(names, [imp[n] for n in names], color="C0")
+        ax.set_xlabel("fANOVA importance")
+    except Exception as e:  # too few trials, or no variation
+        ax.text(0.02, 0.5, f"not computed: {' '.join(str(e).split())[:90]}", fontsize=8)
+        ax.set_axis_off()
+    ax.set_title(f"importances from {len(scored)} trials ({finished} finished, {len(scored) - finished} "
+                 f"early-stopped at their last epoch's score)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
 
 
 def study_plots(study) -> str | None:
-    """The study's Optuna plots in a new folder (None if there is no Optuna study)."""
-    import tempfile
-
+    """The search's four plots in a new folder (None if the study has no Optuna journal)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
-    ot = optuna.load_study(study_name=study.name, storage=JournalStorage(JournalFileBackend(study.optuna_journal)))
-    folder = tempfile.mkdtemp(prefix="crkd-plots-")
-    optuna_plots(ot, folder)
+    if not os.path.exists(study.optuna_journal):
+        return None
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    try:
+        ot = optuna.load_study(study_name=study.name, storage=JournalStorage(JournalFileBackend(study.optuna_journal)))
+        rows = _rows(ot)
+        folder = tempfile.mkdtemp(prefix="crkd-plots-")
+        history(rows, study.metric, study.mode, os.path.join(folder, "history.png"))
+        intermediate(rows, study.metric, os.path.join(folder, "intermediate.png"))
+        parallel(rows, study.metric, os.path.join(folder, "parallel.png"))
+        importances(ot, rows, os.path.join(folder, "importances.png"))
+    finally:
+        optuna.logging.set_verbosity(level)
     return folder

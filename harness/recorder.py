@@ -100,8 +100,10 @@ class Recorder(tune.Callback):
         self._logged[trial.trial_id] = self._logged.get(trial.trial_id, 0)
         study = ACTIVE["study"]
         cfg = _config_of(trial.config, study)
+        # The tuned values again, rounded, as the leaderboard's columns (the config's own are exact).
+        tuned = {f"tuned.{n}": short(trial.config[n]) for n in self.fields if n in trial.config}
         self.writer.put({"op": "run", "key": trial.trial_id, "name": self._name(trial), "tags": self._tags(trial),
-                         "params": cfg.flat()})
+                         "params": {**cfg.flat(), **tuned}})
         with tempfile.TemporaryDirectory() as d:
             with open(os.path.join(d, "config.yaml"), "w") as f:
                 f.write(cfg.to_yaml())
@@ -120,6 +122,8 @@ class Recorder(tune.Callback):
         if step > self._logged.get(tid, 0):  # a restored trial re-reports its last epochs
             values = {k: float(v) for k, v in result.items()
                       if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
+            if self.metric in values:  # rounded, for the MLflow views' columns (the metric itself is exact)
+                values["objective"] = round(values[self.metric], 4)
             self.writer.put({"op": "metrics", "key": tid, "step": step, "values": values})
             self._logged[tid] = step
             self._epochs += 1

@@ -23,7 +23,6 @@ import os
 import shutil
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import quote
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
@@ -95,7 +94,7 @@ def store_lock(uri: str):
 # --- the study (driver, before and after Tune) ---------------------------------------
 
 def open_study(client: MlflowClient, name: str, resume: bool, tags: dict, params: dict,
-               description: str) -> tuple[str, str]:
+               description: str, experiment_tags: dict | None = None) -> tuple[str, str]:
     """Create (or, with resume, find) the experiment and its parent run. Returns
     (experiment_id, parent_run_id). Done by the driver before any run starts."""
     with store_lock(client.tracking_uri):
@@ -105,10 +104,13 @@ def open_study(client: MlflowClient, name: str, resume: bool, tags: dict, params
                                 f"restore it in the MLflow UI, run `mlflow gc`, or pick another --name")
         if exp is None:
             local = artifact_root(client.tracking_uri) is not None
-            exp_id = client.create_experiment(name, artifact_location=f"mlflow-artifacts:/{name}" if local else None,
-                                              tags={"mlflow.note.content": description})
+            exp_id = client.create_experiment(name, artifact_location=f"mlflow-artifacts:/{name}" if local else None)
         else:
             exp_id = exp.experiment_id
+        # The model-training view (not the GenAI one), the study's note, its saved views.
+        for k, v in {"mlflow.experimentKind": "custom_model_development", "mlflow.note.content": description,
+                     **(experiment_tags or {})}.items():
+            client.set_experiment_tag(exp_id, k, v)
         parent = find_parent(client, exp_id)
         if parent is not None and not resume and parent.data.tags.get("crkd.started") == "true":
             raise TrackingError(f"MLflow already holds a study named '{name}' ({client.tracking_uri}); "
@@ -231,12 +233,36 @@ def ui_command(uri: str, port: int = 5000) -> str:
             f"--host 127.0.0.1 --port {port}")
 
 
-def ui_link(uri: str, experiment_id: str, metric: str, port: int = 5000) -> str:
-    """The experiment's runs, in the model-training view, best `metric` first."""
+VIEW = "mlflow.sharedViewState."  # an experiment tag the UI reads as a saved view (?viewStateShareKey=)
+
+
+def views(fields: list[str], objective: str) -> dict[str, str]:
+    """The study's saved views, as experiment tags: `leaderboard` (the search trials in the
+    leaderboard's order, `rank`, logged when the search ends: finished trials by objective,
+    then early-stopped ones, then failed; the objective, the tuned parameters, epochs and
+    outcome as columns) and
+    `confirmation` (the confirmation runs, best novel/train/acc first: `objective` is that
+    metric rounded)."""
+    def col(kind, key):
+        return f"{kind}.`{key}`"
+    leaderboard = {
+        "searchFilter": "tags.`crkd.role` = 'trial'", "orderByKey": col("metrics", "rank"), "orderByAsc": True,
+        "selectedColumns": [col("metrics", "rank"), col("metrics", "objective"),
+                            *(col("params", f"tuned.{f}") for f in fields),
+                            col("metrics", "epoch"), col("tags", "crkd.outcome"), col("tags", "crkd.optuna_trial")]}
+    confirmation = {
+        "searchFilter": "tags.`crkd.role` = 'confirm'", "orderByKey": col("metrics", "objective"),
+        "orderByAsc": False,
+        "selectedColumns": [col("metrics", "objective"), col("tags", "crkd.config"), col("tags", "crkd.seed"),
+                            col("tags", "crkd.outcome")]
+                           + [col("metrics", m) for m in ("novel/test/acc", "test/all/acc", "known/test/acc")]}
+    return {VIEW + "leaderboard": json.dumps(leaderboard), VIEW + "confirmation": json.dumps(confirmation)}
+
+
+def ui_link(uri: str, experiment_id: str, view: str = "leaderboard", port: int = 5000) -> str:
+    """A saved view of the experiment's runs, in the model-training view."""
     base = uri.rstrip("/") if uri.startswith("http") else f"http://127.0.0.1:{port}"
-    order = quote(f"metrics.`{metric}`", safe="")
-    return (f"{base}/#/experiments/{experiment_id}?workflowType=machine_learning&orderByKey={order}"
-            f"&orderByAsc=false")
+    return f"{base}/#/experiments/{experiment_id}/runs?workflowType=machine_learning&viewStateShareKey={view}"
 
 
 # --- the leaderboard ------------------------------------------------------------------

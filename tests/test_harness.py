@@ -144,6 +144,19 @@ def test_study_runs_tracks_and_reports(study):
     assert "report/report.md" in tracking.list_artifacts(c, parent.info.run_id, "report")
     assert f"best/{study['selection']['metric']}" in parent.data.metrics
     assert parent.data.tags["mlflow.note.content"].startswith(f"**{name}**")
+    assert {"runs/finished", "runs/early-stopped"} <= set(parent.data.metrics)  # outcomes on the parent
+    # the printed link opens the leaderboard: a saved view sorted by rank, tuned parameters as columns
+    exp = c.get_experiment_by_name(name)
+    view = json.loads(exp.tags["mlflow.sharedViewState.leaderboard"])
+    assert view["orderByKey"] == "metrics.`rank`" and "params.`tuned.beta`" in view["selectedColumns"]
+    assert "viewStateShareKey=leaderboard" in study["stdout"]
+    ranks = sorted(int(r.data.metrics["rank"]) for r in roles["trial"])
+    assert ranks == list(range(1, 7))
+    for r in roles["trial"]:
+        assert r.data.params["tuned.beta"] and "objective" in r.data.metrics
+    plots = set(tracking.list_artifacts(c, parent.info.run_id, "plots"))
+    assert plots == {f"plots/{p}.png" for p in ("history", "intermediate", "parallel", "importances")}
+    assert (storage / name / "plots" / "history.png").is_file()
     print(f"study: {study['seconds']:.0f} s")
 
 
