@@ -58,7 +58,9 @@ def _eta(rec, trials, ended, running, elapsed: float) -> float | None:
     """Remaining trial-epochs at the observed rate; ended runs say how long a run lasts."""
     if rec._epochs < 2 or elapsed <= 0:
         return None
-    per_run = (sum(int((t.last_result or {}).get("epoch", 0)) for t in ended) / len(ended)) if ended else rec.max_t
+    # A search's ended trials say how long ASHA lets a trial run; a confirmation runs them all to the end.
+    search = [t for t in ended if "job" not in t.config]
+    per_run = (sum(int((t.last_result or {}).get("epoch", 0)) for t in search) / len(search)) if search else rec.max_t
     left = (rec.total - len(ended)) * per_run - sum(int((t.last_result or {}).get("epoch", 0)) for t in running)
     return max(0.0, left) / (rec._epochs / elapsed)
 
