@@ -12,13 +12,13 @@ import sys
 import time
 
 from .config import PRESETS, Config, load_config
-from .errors import CrkdError, NonFiniteLoss
+from .errors import ConfigError, CrkdError, NonFiniteLoss
 
 KEY_METRICS = ("novel/train/acc", "test/all/acc", "known/test/acc")
 
 
 def _parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
     common.add_argument("--benchmark", help=f"benchmark preset: {', '.join(PRESETS)} "
                         "(default: the config file's, else digits)")
     common.add_argument("--config", metavar="FILE", help="YAML config (as written to OUT/config.yaml "
@@ -34,7 +34,7 @@ def _parser() -> argparse.ArgumentParser:
     common.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     common.add_argument("--quiet", action="store_true", help="no per-epoch progress lines")
 
-    p = argparse.ArgumentParser(prog="python -m crkd", description=(
+    p = argparse.ArgumentParser(prog="python -m crkd", allow_abbrev=False, description=(
         "Two-stage Cr-KD trainer for Novel Class Discovery: stage 1 supervised pretraining on the "
         "known classes, stage 2 discovery with swapped-prediction self-labeling and class-relation "
         "distillation from the frozen stage-1 model."))
@@ -117,7 +117,12 @@ def main(argv: list[str] | None = None) -> int:
             from .stages.common import load_checkpoint
             load_checkpoint(args.teacher)  # fail now, not after the data is on the device
         out = args.out or os.path.join("out", f"{cfg.data.benchmark}-s{cfg.seed}")
-        os.makedirs(out, exist_ok=True)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise ConfigError(f"--out {out} is a file; give a folder (it is created if missing)")
+        try:
+            os.makedirs(out, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"--out {out} cannot be created ({e.strerror})") from None
         with open(os.path.join(out, "config.yaml"), "w") as f:
             f.write(cfg.to_yaml())
     except CrkdError as e:

@@ -121,6 +121,11 @@ def test_cli_bad_input(capsys, tmp_path, argv, needle):
     _one_line_error(capsys, argv + ["--out", str(tmp_path)], needle)
 
 
+def test_cli_out_is_a_file(capsys, tmp_path):
+    (tmp_path / "f").write_text("x")
+    _one_line_error(capsys, ["run", "--out", str(tmp_path / "f")], "is a file; give a folder")
+
+
 def test_cli_unknown_benchmark_exit_2():
     r = subprocess.run([sys.executable, "-m", "crkd", "run", "--benchmark", "mnist"], capture_output=True, text=True)
     assert r.returncode == 2
