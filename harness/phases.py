@@ -89,6 +89,12 @@ def _run_config(study: Study, phase: str, callbacks: list, verbose: bool):
         checkpoint_config=tune.CheckpointConfig(num_to_keep=study.keep_checkpoints))
 
 
+def trial_dirname(trial) -> str:
+    """Short folder names: Tune's default spells out the config (a job's whole YAML)."""
+    c = trial.config
+    return f"{trial.trial_id}-{c['job']['id']}" if "job" in c else f"{trial.trial_id}-n{c.get('_n', '')}"
+
+
 def _fit(tuner) -> list:
     """Run (or continue) a phase; Tune's trials as it left them."""
     results = tuner.fit()
@@ -137,7 +143,8 @@ def search(study: Study, recorder_cls, verbose: bool) -> dict | None:
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=study.num_samples,
-                                        max_concurrent_trials=study.max_concurrent, reuse_actors=True),
+                                        max_concurrent_trials=study.max_concurrent, reuse_actors=True,
+                                        trial_dirname_creator=trial_dirname),
             run_config=_run_config(study, "search", [recorder, _outcome_markers(study)], verbose))
     mark(study, "search", "running")
     trials = _fit(tuner)
@@ -275,7 +282,8 @@ def confirm(study: Study, job_list: list[dict], recorder_cls, verbose: bool) -> 
         recorder = recorder_cls("confirm", CONFIRM_METRIC, study.max_t, {}, len(job_list))
         tuner = tune.Tuner(
             trainable, param_space={"job": tune.grid_search(job_list)},
-            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=study.max_concurrent, reuse_actors=True),
+            tune_config=tune.TuneConfig(num_samples=1, max_concurrent_trials=study.max_concurrent, reuse_actors=True,
+                                        trial_dirname_creator=trial_dirname),
             run_config=_run_config(study, "confirm", [recorder, _outcome_markers(study)], verbose))
     mark(study, "confirm", "running")
     trials = _fit(tuner)
