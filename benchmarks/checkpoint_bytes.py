@@ -3,7 +3,7 @@
 before) and without it (the harness's checkpoint refers to the stage-1 cache by key and
 sha256), for the digits preset and the CIFAR ResNet-18 recipe.
 
-    python benchmarks/checkpoint_bytes.py [--npz ../shared/data/cifar10_12k.npz]
+    python benchmarks/checkpoint_bytes.py [--npz cifar10_12k.npz]   (default: $CRKD_CIFAR_NPZ)
 """
 from __future__ import annotations
 
@@ -26,8 +26,8 @@ def sizes(cfg: crkd.Config) -> tuple[int, int]:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--npz", default=os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
-                                                 "cifar10_12k.npz"))
+    p.add_argument("--npz", default=os.environ.get("CRKD_CIFAR_NPZ", "cifar10_12k.npz"),
+                   help="the CIFAR-10 subset (benchmarks/make_cifar_subset.py builds it)")
     args = p.parse_args()
     cases = {"digits preset (small ResNet, over-clustering heads)": crkd.load_config(benchmark="digits")}
     if os.path.exists(args.npz):

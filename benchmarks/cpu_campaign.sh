@@ -8,7 +8,7 @@
 # same 6 configurations: the novel study's trials are the proxy study's transfer runs, and the
 # baselines are the benchmark's runs, replayed from the run cache (same configuration, seed, code).
 set -euo pipefail
-NPZ=$(realpath "${NPZ:-../shared/data/cifar10_12k.npz}")
+NPZ=$(realpath "${CRKD_CIFAR_NPZ:?set CRKD_CIFAR_NPZ to the CIFAR-10 subset (benchmarks/make_cifar_subset.py)}")
 STORE=${STORE:-runs-campaign}
 PY=${PY:-.venv/bin/python}
 RECIPE=(--benchmark npz --set "data.root=$NPZ" --set "data.known=[0,1,2,3,4]" --set model.arch=small

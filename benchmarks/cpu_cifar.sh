@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# CPU: Cr-KD (beta 0.1) vs the UNO baseline (beta 0) on the shared CIFAR-10 subset
+# CPU: Cr-KD (beta 0.1) vs the same trainer without its term (discover.relation=none, no
+# over-clustering heads: not the UNO baseline, which is discover.relation=uno) on the CIFAR-10 subset
 # (classes 0-4 known) with the small ResNet, one shared stage-1 teacher.
 set -euo pipefail
-NPZ=${NPZ:-../shared/data/cifar10_12k.npz}
+NPZ=${CRKD_CIFAR_NPZ:?set CRKD_CIFAR_NPZ to the CIFAR-10 subset (benchmarks/make_cifar_subset.py)}
 OUT=${OUT:-out/cpu_cifar}
 PY=${PY:-.venv/bin/python}
 COMMON=(--benchmark npz --data-root "$NPZ" --set "data.known=[0,1,2,3,4]" --device cpu --quiet
@@ -10,10 +11,10 @@ COMMON=(--benchmark npz --data-root "$NPZ" --set "data.known=[0,1,2,3,4]" --devi
         --set model.hidden_dim=512 --set model.proj_dim=128 --set aug.num_small=0
         --set pretrain.epochs=15 --set pretrain.warmup=2 --set discover.epochs=30 --set discover.warmup=3)
 s=$(date +%s); $PY -m crkd pretrain "${COMMON[@]}" --out "$OUT/teacher"; echo "stage 1: $(( $(date +%s) - s )) s"
-for b in 0.1 0; do
+for r in crkd none; do
   s=$(date +%s)
-  $PY -m crkd discover "${COMMON[@]}" --teacher "$OUT/teacher/teacher.pt" --out "$OUT/beta$b" --set discover.beta=$b
-  echo "stage 2 beta $b: $(( $(date +%s) - s )) s"
+  $PY -m crkd discover "${COMMON[@]}" --teacher "$OUT/teacher/teacher.pt" --out "$OUT/$r" --set discover.relation=$r
+  echo "stage 2 $r: $(( $(date +%s) - s )) s"
 done
 $PY - "$NPZ" <<'PY'
 import sys, numpy as np

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Second device call: Cr-KD vs UNO baseline on one shared teacher, then 1 vs 4 packed processes.
+# Second device call: Cr-KD vs the no-term ablation (none) on one shared teacher, then 1 vs 4 packed processes.
 set -uo pipefail
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 OUT=${OUT:-gpu-out}; mkdir -p "$OUT"
@@ -7,10 +7,10 @@ D=(--benchmark npz --data-root .devcarry/cifar10_12k.npz --set "data.known=[0,1,
 s=$(date +%s%N)
 python3 -m crkd pretrain "${D[@]}" --out /tmp/t --set pretrain.epochs=40 --set pretrain.warmup=5 | tail -1
 echo "pretrain 40 epochs: $(( ($(date +%s%N) - s) / 1000000 )) ms" | tee "$OUT/runs.txt"
-for b in 0.1 0; do
-  python3 -m crkd discover "${D[@]}" --teacher /tmp/t/teacher.pt --out /tmp/d$b --set discover.epochs=40 \
-    --set discover.warmup=5 --set discover.beta=$b | tail -1 | tee -a "$OUT/runs.txt"
-  cp /tmp/d$b/metrics.json "$OUT/discover_beta$b.json"
+for r in crkd none; do
+  python3 -m crkd discover "${D[@]}" --teacher /tmp/t/teacher.pt --out /tmp/d$r --set discover.epochs=40 \
+    --set discover.warmup=5 --set discover.relation=$r | tail -1 | tee -a "$OUT/runs.txt"
+  cp /tmp/d$r/metrics.json "$OUT/discover_$r.json"
 done
 one() { python3 -m crkd discover "${D[@]}" --teacher /tmp/t/teacher.pt --out /tmp/p$1 \
   --set discover.epochs=6 --set discover.eval_every=6 > /dev/null 2>&1; }

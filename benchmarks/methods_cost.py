@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Cost of each relation term: discovery step time and peak memory, relative to crkd.
 
-    python benchmarks/methods_cost.py --npz ../shared/data/cifar10_12k.npz [--rounds 2] [--device cpu]
+    python benchmarks/methods_cost.py [--npz cifar10_12k.npz] [--rounds 2] [--device cpu]
 
 Each method runs in its own process (peak memory is a per-process figure): one discovery
 step of the CPU small-model recipe on the CIFAR-10 subset (batch 512, 2 large views),
@@ -59,7 +59,8 @@ def one(method: str, npz: str, device: str, repeats: int, batch: int) -> dict:
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--npz", default="../shared/data/cifar10_12k.npz")
+    p.add_argument("--npz", default=os.environ.get("CRKD_CIFAR_NPZ", "cifar10_12k.npz"),
+                   help="the CIFAR-10 subset (benchmarks/make_cifar_subset.py builds it; default $CRKD_CIFAR_NPZ)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--methods", default=",".join(METHODS))
     p.add_argument("--rounds", type=int, default=2)

@@ -40,7 +40,7 @@ class DataConfig:
 
 @dataclass
 class AugConfig:
-    """Multi-crop recipe of method.md 4.1; sizes 0 mean 'from the data'."""
+    """Multi-crop recipe (docs/methods.md, "Benchmark presets"); sizes 0 mean 'from the data'."""
     size: int = 0               # large crop (0: image size)
     small_size: int = 0         # small crop (0: 9/16 of the large one, 18 at 32)
     num_large: int = 2
@@ -79,7 +79,7 @@ class ModelConfig:
 
 @dataclass
 class PretrainConfig:
-    """Stage 1 (method.md 3): UNO's recipe."""
+    """Stage 1 (docs/methods.md, "Stage 1: supervised pretraining"): UNO's recipe."""
     epochs: int = 200
     batch_size: int = 256
     lr: float = 0.1

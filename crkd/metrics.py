@@ -1,4 +1,4 @@
-"""Evaluation metrics (method.md 5): pure functions of label arrays."""
+"""Evaluation metrics (docs/methods.md, "Evaluation"): pure functions of label arrays."""
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""Per-epoch learning rate: linear warm-up then cosine (method.md 4.5)."""
+"""Per-epoch learning rate: linear warm-up then cosine (docs/methods.md, "Optimisation")."""
 import math
 
 

@@ -7,7 +7,8 @@ import torch
 
 from crkd import ConfigError, DataError, load_data, preset
 
-SHARED_NPZ = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10_12k.npz")
+SHARED_NPZ = os.environ.get("CRKD_CIFAR_NPZ") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                                                              "cifar10_12k.npz")
 
 
 def test_digits():
@@ -20,7 +21,7 @@ def test_digits():
     assert x.shape == (32, 1, 8, 8) and torch.equal(x, d.train.x[idx])
 
 
-@pytest.mark.skipif(not os.path.exists(SHARED_NPZ), reason="../shared/data absent")
+@pytest.mark.skipif(not os.path.exists(SHARED_NPZ), reason="the CIFAR-10 subset is absent (CRKD_CIFAR_NPZ)")
 def test_shared_cifar_npz_by_index_and_name():
     c = preset("npz")
     c.data.root, c.data.known = SHARED_NPZ, [0, 1, 2, 3, 4]

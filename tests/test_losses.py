@@ -1,4 +1,4 @@
-"""Each loss formula of method.md against an independent float64 computation."""
+"""Each loss formula of docs/methods.md against an independent float64 computation."""
 import math
 
 import pytest
@@ -9,7 +9,7 @@ from crkd.losses import relation_kd, relation_kd_terms, sinkhorn_knopp, swapped_
 
 
 def sinkhorn_reference(logits, epsilon, n_iters):
-    """method.md 4.2 literally, in float64 and the exp domain."""
+    """The Sinkhorn-Knopp iteration of docs/methods.md literally, in float64 and the exp domain."""
     s = logits.double()
     q = torch.exp(s / epsilon).T
     q = q / q.sum()
@@ -54,7 +54,7 @@ def test_sinkhorn_batched_leading_dims():
 
 
 def rkd_reference(zt, zs, t, tau, eta_at="tau", form="kl"):
-    """method.md 4.4 written out per sample in float64."""
+    """Cr-KD's L_rKD (docs/methods.md, crkd) written out per sample in float64."""
     zt, zs = zt.double(), zs.double()
     n, c_l = zt.shape
     total, etas, terms = 0.0, [], []

@@ -88,10 +88,11 @@ def test_proxy_of_a_folder_tree_never_opens_a_novel_folder(tmp_path, monkeypatch
     assert not any("/eel/" in p or "/fox/" in p for p in d.train.paths + d.test.paths)
 
 
-SHARED_NPZ = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data", "cifar10_12k.npz")
+SHARED_NPZ = os.environ.get("CRKD_CIFAR_NPZ") or os.path.join(os.path.dirname(__file__), "..", "..", "shared", "data",
+                                                              "cifar10_12k.npz")
 
 
-@pytest.mark.skipif(not os.path.exists(SHARED_NPZ), reason="../shared/data absent")
+@pytest.mark.skipif(not os.path.exists(SHARED_NPZ), reason="the CIFAR-10 subset is absent (CRKD_CIFAR_NPZ)")
 def test_proxy_on_the_cifar_subset():
     cfg = apply_overrides(preset("npz"), ["data.known=[0, 1, 2, 3, 4]", "data.proxy_fold=0"]).data
     cfg.root = SHARED_NPZ

@@ -33,7 +33,7 @@ def fast_teacher(digits):
 
 def test_full_digits_run_beats_kmeans(digits):
     # Seeds spread widely on digits: the preset gave 0.855, 0.899 and 0.976 for seeds
-    # 0, 1, 2 (docs/benchmarks.md; method.md reports +-4 points). One pinned seed keeps
+    # 0, 1, 2 (docs/benchmarks.md; docs/methods.md reports +-4 points). One pinned seed keeps
     # the test deterministic; a regression shows as a drop on it.
     torch.set_num_threads(2)
     cfg = apply_overrides(preset("digits"), ["seed=2"])

@@ -1,4 +1,5 @@
-"""Batched multi-crop augmentation on the device that holds the images (method.md 4.1).
+"""Batched multi-crop augmentation on the device that holds the images (docs/methods.md,
+"Benchmark presets").
 
 Every random choice is drawn per sample; each operation is one tensor op over the
 whole batch of views. Crops, resizes and flips are one `grid_sample` over per-sample

@@ -1,4 +1,5 @@
-"""Sinkhorn-Knopp equal-partition pseudo-labels (method.md 4.2), in the log domain."""
+"""Sinkhorn-Knopp equal-partition pseudo-labels, in the log domain (docs/methods.md,
+"Sinkhorn-Knopp pseudo-labels")."""
 from __future__ import annotations
 
 import math

@@ -1,4 +1,4 @@
-"""Swapped-prediction self-labeling loss (method.md 4.3)."""
+"""Swapped-prediction self-labeling loss (docs/methods.md, "Swapped prediction")."""
 import torch
 import torch.nn.functional as F
 from torch import Tensor

@@ -1,5 +1,5 @@
 """CRCD (Zhu et al., CVPR 2021), complementary relation contrastive distillation, in the
-Gram-matrix form (docs relation_kd.md).
+Gram-matrix form (docs/methods.md, "crcd").
 
 Backbone features of the large views are projected (a learnable linear layer per model, as in
 CRD / CRCD, or the identity with proj_dim 0) and L2-normalised. Two momentum memory banks (one

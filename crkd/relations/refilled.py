@@ -1,5 +1,5 @@
 """REFILLED (Ye, Lu, Zhan; CVPR 2020 / TPAMI 2022), relationship matching, adapted to discovery
-(docs relation_kd.md): both parts at once, as one term of the discovery loss.
+(docs/methods.md, "refilled"): both parts at once, as one term of the discovery loss.
 
 1. Tuple comparison matching on the L2-normalised backbone features of the large views.
    Triplets (anchor, positive, negative) come from facts that hold in NCD: two views of one
