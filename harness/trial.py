@@ -189,16 +189,32 @@ _CODE: list[str] = []
 
 
 def trainer_code() -> str:
-    """A hash of the trainer's source (every file of the crkd package): a result depends on it."""
+    """A hash of what the trainer computes: every module of the crkd package as its syntax
+    tree without docstrings (comments are not in it), and the split lists. Editing prose
+    keeps the cached runs; editing code starts new ones."""
     if not _CODE:
+        import ast
         import hashlib
         root = os.path.dirname(os.path.abspath(crkd.__file__))
         h = hashlib.sha256()
         for base, _, files in sorted(os.walk(root)):
             for name in sorted(files):
-                if name.endswith((".py", ".txt")):
-                    with open(os.path.join(base, name), "rb") as f:
-                        h.update(os.path.relpath(os.path.join(base, name), root).encode() + f.read())
+                path = os.path.join(base, name)
+                if name.endswith(".py"):
+                    with open(path) as f:
+                        tree = ast.parse(f.read())
+                    for node in ast.walk(tree):
+                        body = getattr(node, "body", None)
+                        if (isinstance(body, list) and body and isinstance(body[0], ast.Expr)
+                                and isinstance(body[0].value, ast.Constant) and isinstance(body[0].value.value, str)):
+                            node.body = body[1:] or [ast.Pass()]
+                    blob = ast.dump(tree, include_attributes=False).encode()
+                elif name.endswith(".txt"):
+                    with open(path, "rb") as f:
+                        blob = f.read()
+                else:
+                    continue
+                h.update(os.path.relpath(path, root).encode() + b"\0" + blob)
         _CODE.append(h.hexdigest())
     return _CODE[0]
 
