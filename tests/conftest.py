@@ -1,0 +1,10 @@
+"""Every test uses one torch thread (and so do the processes tests start): on a 2-core CI
+machine two threads per test fight the other processes for the cores."""
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
