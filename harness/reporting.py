@@ -209,13 +209,18 @@ def _markdown(info, metric, metrics, trials, configs, floors, below, comparisons
         add(f"Objective: **{objective}**, selecting on `{info.get('search_metric', '?')}` at each trial's "
             f"last epoch, search seed {info.get('search_seed')}. {len(trials)} trials: "
             + ", ".join(f"{v} {k}" for k, v in sorted(outcomes.items())) + ".\n")
-        scored = sorted((t for t in trials if _finite(t.get("score"))), key=lambda t: -t["score"])[:5]
+        # The leaderboard's order: finished trials by score, then early-stopped ones (scored at
+        # fewer epochs, so not comparable), top 10.
+        order = {"finished": 0, "early-stopped": 1}
+        scored = sorted((t for t in trials if _finite(t.get("score"))),
+                        key=lambda t: (order.get(t.get("outcome"), 2), -t["score"]))
         if scored:
-            add("| trial | number | search score | epochs | outcome | params |")
-            add("|---|---|---|---|---|---|")
-            for t in scored:
+            add(f"Top {min(10, len(scored))} of {len(scored)} scored trials (finished first):\n")
+            add("| trial | search score | epochs | outcome | params |")
+            add("|---|---|---|---|---|")
+            for t in scored[:10]:
                 params = ", ".join(f"{k}={_short(v)}" for k, v in (t.get("params") or {}).items())
-                add(f"| {_md(t.get('trial_id'))} | {t.get('number', '')} | {_f3(t['score'])} | {t.get('epochs', '')} "
+                add(f"| #{t.get('number', '')} | {_f3(t['score'])} | {t.get('epochs', '')} "
                     f"| {t.get('outcome', '')} | {_md(params)} |")
             add("")
     if info.get("leaky"):
