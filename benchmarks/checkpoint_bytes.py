@@ -18,6 +18,8 @@ def sizes(cfg: crkd.Config) -> tuple[int, int]:
     data = crkd.load_data(cfg.data)
     teacher = crkd.Pretrain(cfg, data).teacher_checkpoint()  # untrained: the size is what counts
     run = crkd.Discover(cfg, teacher, data)
+    x, idx = next(run.images.batches(32, shuffle=True, drop_last=True))
+    run.step(x, idx, 0)  # one update: SGD's momentum buffers exist from then on, as in every saved epoch
     with tempfile.TemporaryDirectory() as d:
         run.save(os.path.join(d, "with.pt"), teacher=True)
         run.save(os.path.join(d, "without.pt"), teacher=False)
