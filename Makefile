@@ -1,6 +1,6 @@
 # Two commands do all set-up on a fresh machine:
 #   make run    builds .venv if needed, then runs the main job on its embedded default
-#   make test   builds .venv if needed, then runs the test suite
+#   make test   builds .venv if needed, then runs the test suite (make faults: the fault suite)
 VENV ?= .venv
 PY := $(VENV)/bin/python
 ARGS ?=
@@ -18,6 +18,12 @@ run: $(VENV)/.installed
 
 test: $(VENV)/.installed
 	$(PY) -m pytest tests
+
+# The fault suite (tests/faults; about 15 minutes on 2 cores): killed and stopped drivers, two
+# drivers on one study, an mlflow server away, S3 storage (moto), a lost Ray node. Its table:
+# runs-faults/faults.md (python benchmarks/faults.py --table).
+faults: $(VENV)/.installed
+	$(PY) -m pytest tests/faults -m faults
 
 bench: $(VENV)/.installed
 	$(PY) -m crkd.bench $(ARGS)

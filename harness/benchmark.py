@@ -89,6 +89,7 @@ def resolve(args) -> tuple[Study, list]:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    lock = None
     try:
         if args.resume:
             if not args.name:
@@ -97,14 +98,23 @@ def main(argv=None) -> int:
             extra = None
         else:
             study, extra = resolve(args)
-            from harness import phases
-            if storage.exists(study.path("study.yaml")) and phases.started(study):
-                raise SettingsError(f"benchmark '{study.name}' already exists; add --resume or pick another --name")
-            study.save()
-            storage.write_text(study.path("confirm", "jobs.json"), json.dumps(phases.jobs(study, None, extra)))
+            lock = storage.DriverLock(study.folder)  # before study.yaml is written (harness/tune.py)
+            try:
+                lock.acquire()
+            except storage.Busy as e:
+                raise SettingsError(str(e)) from None
+            try:
+                from harness import phases
+                if storage.exists(study.path("study.yaml")) and phases.started(study):
+                    raise SettingsError(f"benchmark '{study.name}' already exists; add --resume or pick another --name")
+                study.save()
+                storage.write_text(study.path("confirm", "jobs.json"), json.dumps(phases.jobs(study, None, extra)))
+            except BaseException:
+                lock.release()
+                raise
     except (SettingsError, ConfigError, CrkdError, storage.StorageError) as e:
         fail(str(e))
-    return Driver(study, args.resume, args.address, args.verbose).run()
+    return Driver(study, args.resume, args.address, args.verbose, lock=lock).run()
 
 
 if __name__ == "__main__":

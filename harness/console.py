@@ -77,6 +77,9 @@ def quiet_ray(verbose: bool) -> None:
         os.environ.setdefault("RAY_DEDUP_LOGS", "1")
         for name in ("ray", "ray.tune", "ray.train", "ray.data"):
             logging.getLogger(name).setLevel(logging.ERROR)
+        # "Trial task failed" and the remote traceback: the recorder says it in one line (a
+        # failed run, or a lost worker whose run Tune retries); error.txt keeps the traceback
+        logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.CRITICAL)
 
 
 def silent_reporter():

@@ -11,13 +11,13 @@ import logging
 import math
 import os
 import signal
-import socket
 import sys
+import tempfile
 import time
 
 from . import phases, storage
 from .console import Console, duration, quiet_ray
-from .settings import SettingsError, Study
+from .settings import Study
 
 EXIT_OK, EXIT_ALL_FAILED, EXIT_BAD_INPUT, EXIT_MOST_FAILED, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 logger = logging.getLogger(__name__)
@@ -53,10 +53,11 @@ def description(study: Study, counts: dict | None = None, summary: dict | None =
 
 
 class Driver:
-    def __init__(self, study: Study, resume: bool, address: str | None, verbose: bool):
+    def __init__(self, study: Study, resume: bool, address: str | None, verbose: bool,
+                 lock: storage.DriverLock | None = None):
         self.study, self.resume, self.address, self.verbose = study, resume, address, verbose
         self.console = Console()
-        self.lock = storage.DriverLock(study.folder)
+        self.lock = lock or storage.DriverLock(study.folder)  # `lock`: taken already (a new study)
         self.writer = None
         self.interrupted = False
 
@@ -64,7 +65,8 @@ class Driver:
 
     def run(self) -> int:
         try:
-            self.lock.acquire()
+            if not self.lock.held:
+                self.lock.acquire()
         except storage.Busy as e:
             fail(str(e))
         start = time.time()
@@ -73,6 +75,9 @@ class Driver:
         try:
             self._open_tracking()
             self._start_ray()
+            # ray.init replaces the SIGTERM handler (its core worker's crashes the process with a
+            # stack dump): ours again, so SIGTERM still ends the study like Ctrl-C.
+            signal.signal(signal.SIGTERM, _term_as_interrupt)
             code = self._phases()
         except KeyboardInterrupt:
             self.interrupted = True
@@ -88,13 +93,16 @@ class Driver:
 
     def _open_tracking(self) -> None:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # "Creating initial MLflow database tables..."
+        # an http:// store: no "View run ... at:" lines (and their extra request) for every run ended
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         from mlflow.tracking import MlflowClient
         logging.getLogger("mlflow").setLevel(logging.WARNING)
 
         from . import recorder, tracking
         from .journal import Journal, Writer
         study = self.study
-        client = MlflowClient(study.tracking)
+        with tracking.store_lock(study.tracking):  # the client creates (migrates) a new sqlite store
+            client = MlflowClient(study.tracking)
         tags = {"crkd.command": study.command, "crkd.git_commit": study.git_commit, "crkd.benchmark": study.benchmark,
                 "crkd.kind": study.kind, "crkd.space": study.space_name, "crkd.space_fields": json.dumps(study.fields),
                 "crkd.metric": study.metric, "crkd.mode": study.mode, "crkd.objective": study.objective,
@@ -119,7 +127,7 @@ class Driver:
             self.console.line(f"tracking: {self.writer.backlog} writes from the last driver are being applied")
         recorder.ACTIVE.update(writer=self.writer, console=self.console, study=study)
         self.writer.put({"op": "tags", "key": "study", "tags": {"crkd.started": "true"}})
-        with _tempdir() as d:
+        with tempfile.TemporaryDirectory() as d:
             for name, text in (("study.yaml", study.to_yaml()), ("base_config.yaml", study.base_yaml),
                                (f"space/{study.space_name or 'none'}.yaml", study.space_text)):
                 os.makedirs(os.path.dirname(os.path.join(d, name)), exist_ok=True)
@@ -191,7 +199,7 @@ class Driver:
                   self.study.metric: r["score"], **r["params"]} for i, r in enumerate(rows, 1)]
         info = {"metric": self.study.metric, "fields": self.study.fields}
         self.console.line(format_table(info, table, top=10))
-        self.console.line(f"selected for confirmation: "
+        self.console.line("selected for confirmation: "
                           + (", ".join(f"#{next(r['number'] for r in rows if r['trial_id'] == t)}" for t in selection["top"])
                              or "none (no trial finished)"))
 
@@ -230,6 +238,13 @@ class Driver:
             best = _best(study)
             if best is not None:
                 metrics[f"best/{study.metric}"] = best
+            st = self.writer.stats  # what tracking cost Tune's loop, and how much of it had to wait
+            metrics["tracking/append_ms_per_event"] = 1000 * st.append_s / max(st.events, 1)
+            metrics["tracking/waited"] = float(st.waited)
+            for key in open_runs(self.writer.journal.events()):
+                # started and never ended: a second Ctrl-C cut Tune's own ending (the recorder's) short
+                self.writer.put({"op": "tags", "key": key, "tags": {"crkd.outcome": "interrupted"}})
+                self.writer.put({"op": "end", "key": key, "status": "KILLED"})
             if summary:
                 self.writer.put({"op": "files", "key": "study", "dir": self.writer.journal.stash(summary["folder"]),
                                  "path": "report"})
@@ -296,20 +311,22 @@ def _best(study: Study) -> float | None:
     return max(scores) if study.mode == "max" else min(scores)
 
 
+def open_runs(events: list[dict]) -> list[str]:
+    """The runs a journal started and never ended (or discarded)."""
+    started: dict[str, None] = {}
+    for e in events:
+        key = e.get("key")
+        if key == "study":
+            continue
+        if e.get("op") == "run":
+            started[key] = None
+        elif e.get("op") in ("end", "discard"):
+            started.pop(key, None)
+    return list(started)
+
+
 def _term_as_interrupt(signum, frame):
     """SIGTERM (a timeout, docker stop, Kubernetes, Slurm) ends the study like Ctrl-C."""
     os.kill(os.getpid(), signal.SIGINT)
 
 
-class _tempdir:
-    def __enter__(self):
-        import tempfile
-        self._d = tempfile.TemporaryDirectory()
-        return self._d.name
-
-    def __exit__(self, *exc):
-        self._d.cleanup()
-
-
-def hostname() -> str:
-    return socket.gethostname()

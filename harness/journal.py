@@ -58,10 +58,14 @@ class Journal:
         line = json.dumps(event, separators=(",", ":"))
         with self._lock:
             self._file.write(line + "\n")  # line-buffered: in the OS once written, safe from a crash
-            now = time.monotonic()
-            if now - self._synced > 1.0:  # and on disk within a second, safe from a power cut
-                os.fsync(self._file.fileno())
-                self._synced = now
+
+    def sync(self, every_s: float = 1.0) -> None:
+        """On disk, safe from a power cut, at most `every_s` after the append: the writer's
+        thread calls it, so an fsync never lands on Tune's loop."""
+        now = time.monotonic()
+        if now - self._synced > every_s:
+            os.fsync(self._file.fileno())
+            self._synced = now
 
     def applied(self) -> int:
         try:
@@ -89,6 +93,14 @@ class Journal:
                     break
         return out
 
+    def stash_text(self, name: str, text: str) -> str:
+        """A folder in the journal holding one file `name` with `text` (no temporary copy)."""
+        dst = os.path.join(self.folder, "files", uuid.uuid4().hex)
+        os.makedirs(dst)
+        with open(os.path.join(dst, name), "w") as f:
+            f.write(text)
+        return dst
+
     def stash(self, src: str) -> str:
         """Copy a file or folder into the journal now (the source may be temporary)."""
         dst = os.path.join(self.folder, "files", uuid.uuid4().hex)
@@ -111,8 +123,8 @@ class Writer:
 
     `sink` is what talks to MLflow (harness.tracking.Sink): create_or_find(event) ->
     run_id, batch(run_id, metrics, params, tags), end(run_id, status), files(run_id, dir,
-    path). Any exception from it is taken as "the server is away": the same events are
-    retried with back-off, never dropped."""
+    path), discard(run_id). Any exception from it is taken as "the server is away": the same
+    events are retried with back-off, never dropped."""
 
     def __init__(self, journal: Journal, sink, backoff_max_s: float = 30.0):
         self.journal, self.sink = journal, sink
@@ -169,6 +181,7 @@ class Writer:
             try:
                 first = self._queue.get(timeout=0.2)
             except queue.Empty:
+                self.journal.sync()  # the last appends, on disk within a second even when idle
                 continue
             batch = [first]
             while len(batch) < 500:  # whatever else is waiting goes in the same round
@@ -176,6 +189,7 @@ class Writer:
                     batch.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
+            self.journal.sync()
             self._apply_with_backoff(batch)
             for _ in batch:
                 self._queue.task_done()
@@ -219,6 +233,16 @@ class Writer:
                 logger.warning("MLflow refused a tracking write (%s); skipped", message)
 
     def _apply(self, batch: list[dict]) -> None:
+        steps = dict(self._steps)
+        try:
+            self._apply_batch(batch)
+        except BaseException:
+            # A failed try: the epochs it meant to log are not in MLflow. Left counted, the
+            # retry would skip them as logged already (a restored trial's re-run epochs).
+            self._steps = steps
+            raise
+
+    def _apply_batch(self, batch: list[dict]) -> None:
         """Events in order; consecutive metric/tag events of one run merge into one call."""
         pending: dict[str, dict] = {}
         order: list[str] = []
@@ -232,6 +256,16 @@ class Writer:
 
         for e in batch:
             op, key = e["op"], e.get("key")
+            if op == "discard":  # a run superseded by a new one (harness/phases.py)
+                push()
+                run_id = self._runs.pop(key, None)
+                if run_id is None:
+                    try:
+                        run_id = self.sink.find(key)
+                    except KeyError:
+                        continue  # already gone (a replay)
+                self.sink.discard(run_id)
+                continue
             if op == "run":
                 push()
                 self._runs[key] = run_id = self.sink.create_or_find(e)

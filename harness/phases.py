@@ -97,12 +97,17 @@ def trial_dirname(trial) -> str:
 
 def _fit(tuner) -> list:
     """Run (or continue) a phase; Tune's trials as it left them."""
+    from .recorder import ACTIVE
+    ACTIVE.pop("stopped", None)
     results = tuner.fit()
     return list(results._experiment_analysis.trials)  # Ray 2.60: the Trial objects with their status
 
 
 def _ended(trials: list) -> bool:
-    return all(t.status in ("TERMINATED", "ERROR") for t in trials)
+    """Every trial ended. Tune marks the trials it stops at Ctrl-C / SIGTERM TERMINATED too,
+    like finished ones: the recorder lists those (Recorder.on_experiment_end)."""
+    from .recorder import ACTIVE
+    return not ACTIVE.get("stopped") and all(t.status in ("TERMINATED", "ERROR") for t in trials)
 
 
 # --- the search -------------------------------------------------------------------------------
@@ -126,10 +131,7 @@ def search(study: Study, recorder_cls, verbose: bool) -> dict | None:
                               base=crkd.apply_overrides(crkd.preset(study.benchmark),
                                                         {"discover.relation": study.base().discover.relation}))
     if tune.Tuner.can_restore(path):
-        if not storage.is_uri(path):
-            from .restore import repair_missing_checkpoints
-            repair_missing_checkpoints(path)
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = _restore(path, "search", trainable)
     else:
         os.makedirs(os.path.dirname(study.optuna_journal), exist_ok=True)
         searcher = PruningOptunaSearch(
@@ -154,6 +156,40 @@ def search(study: Study, recorder_cls, verbose: bool) -> dict | None:
     storage.write_text(study.path("selection.json"), json.dumps(selection, indent=1))
     mark(study, "search", "done")
     return selection
+
+
+def _restore(path: str, phase: str, trainable):
+    """Tune's state of an interrupted phase, ready to continue it."""
+    from ray import tune
+    if not storage.is_uri(path):
+        from .restore import repair_missing_checkpoints
+        repair_missing_checkpoints(path)
+    _discard_orphans(path, phase)
+    return tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+
+
+def _discard_orphans(path: str, phase: str) -> None:
+    """Runs that a killed driver started after Tune's last snapshot of the phase: Tune restores
+    without them and does their work again as new trials (a search trial's Optuna trial is
+    taken over, harness/search.py; a confirmation job is generated again), so their MLflow
+    runs would stay RUNNING beside the new ones, twice the same trial. They are deleted
+    (MLflow keeps a deleted run until `mlflow gc`)."""
+    from ray.tune import ExperimentAnalysis
+
+    from .recorder import ACTIVE
+    writer = ACTIVE.get("writer")
+    if writer is None:
+        return
+    try:
+        known = {t.trial_id for t in ExperimentAnalysis(path).trials}
+    except Exception:  # no readable state: Tune.restore says why
+        return
+    events = writer.journal.events()
+    gone = {e["key"] for e in events if e.get("op") == "discard"}
+    started = [e["key"] for e in events if e.get("op") == "run" and e.get("tags", {}).get("crkd.phase") == phase]
+    for key in dict.fromkeys(started):
+        if key not in known and key not in gone:
+            writer.put({"op": "discard", "key": key})
 
 
 def _outcome_markers(study: Study):
@@ -274,10 +310,7 @@ def confirm(study: Study, job_list: list[dict], recorder_cls, verbose: bool) -> 
     trainable = _trainable(study)
     storage.write_text(study.path("confirm", "jobs.json"), json.dumps(job_list))
     if tune.Tuner.can_restore(path):
-        if not storage.is_uri(path):
-            from .restore import repair_missing_checkpoints
-            repair_missing_checkpoints(path)
-        tuner = tune.Tuner.restore(path, trainable, resume_unfinished=True, resume_errored=True)
+        tuner = _restore(path, "confirm", trainable)
     else:
         recorder = recorder_cls("confirm", CONFIRM_METRIC, study.max_t, {}, len(job_list))
         tuner = tune.Tuner(

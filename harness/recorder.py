@@ -14,12 +14,10 @@ from __future__ import annotations
 import os
 import re
 import socket
-import tempfile
 import time
 
 from ray import tune
 
-from .journal import KEY
 from .tracking import ROLE, STATUS
 
 # Result keys that Tune adds; everything else numeric that a run reports is logged.
@@ -104,10 +102,8 @@ class Recorder(tune.Callback):
         tuned = {f"tuned.{n}": short(trial.config[n]) for n in self.fields if n in trial.config}
         self.writer.put({"op": "run", "key": trial.trial_id, "name": self._name(trial), "tags": self._tags(trial),
                          "params": {**cfg.flat(), **tuned}})
-        with tempfile.TemporaryDirectory() as d:
-            with open(os.path.join(d, "config.yaml"), "w") as f:
-                f.write(cfg.to_yaml())
-            self.writer.put({"op": "files", "key": trial.trial_id, "dir": self.writer.journal.stash(d)})
+        self.writer.put({"op": "files", "key": trial.trial_id,
+                         "dir": self.writer.journal.stash_text("config.yaml", cfg.to_yaml())})
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         self.results += 1
@@ -116,9 +112,12 @@ class Recorder(tune.Callback):
         if tid not in self._logged:
             self.on_trial_start(iteration, trials, trial)
         if self._logged.get(tid, 0) == 0 and "stage1_cache" in result:
-            self.writer.put({"op": "tags", "key": tid, "tags": {
-                "crkd.stage1_cache": str(result["stage1_cache"]), "crkd.classes": str(result.get("data_classes", "")),
-                "crkd.node": str(result.get("hostname") or result.get("node_ip") or socket.gethostname())}})
+            tags = {"crkd.stage1_cache": str(result["stage1_cache"]), "crkd.classes": str(result.get("data_classes", "")),
+                    "crkd.node": str(result.get("hostname") or result.get("node_ip") or socket.gethostname()),
+                    "crkd.node_ip": str(result.get("node_ip", ""))}
+            if result["stage1_cache"] == "checkpoint":  # resumed: its first start said how it got its teacher
+                del tags["crkd.stage1_cache"]
+            self.writer.put({"op": "tags", "key": tid, "tags": tags})
         if step > self._logged.get(tid, 0):  # a restored trial re-reports its last epochs
             values = {k: float(v) for k, v in result.items()
                       if k not in TUNE_KEYS and isinstance(v, (int, float)) and not isinstance(v, bool)}
@@ -147,6 +146,11 @@ class Recorder(tune.Callback):
         what = f"stopped early at epoch {reached}" if outcome == "early-stopped" else "finished"
         self.console.line(f"{self.phase} {name}: {what}{score}")
 
+    def on_trial_recover(self, iteration, trials, trial, **info):
+        error = error_line(trial)
+        self.console.line(f"{self.phase} {self._name(trial)}: stopped ({error[:150]}{'...' if len(error) > 150 else ''}); "
+                          f"Tune retries it from its last checkpoint")
+
     def on_trial_error(self, iteration, trials, trial, **info):
         error = error_line(trial)
         self._end(trial, "failed", {"crkd.error": error[:5000]})
@@ -160,10 +164,13 @@ class Recorder(tune.Callback):
         self.writer.put({"op": "end", "key": trial.trial_id, "status": STATUS[outcome]})
 
     def on_experiment_end(self, trials, **info):
+        stopped = []
         for t in trials:  # started, never ended: stopped by Ctrl-C or SIGTERM (Tune stops them first)
             if t.trial_id in self._logged and t.trial_id not in self._ended:
                 self.writer.put({"op": "tags", "key": t.trial_id, "tags": {"crkd.outcome": "interrupted"}})
                 self.writer.put({"op": "end", "key": t.trial_id, "status": STATUS["interrupted"]})
+                stopped.append(t.trial_id)
+        ACTIVE["stopped"] = stopped  # Tune says TERMINATED for these too (harness.phases._ended)
 
 
 def _config_of(config: dict, study):

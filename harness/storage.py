@@ -113,6 +113,10 @@ class DriverLock:
         self._thread = None
         self._stop = None
 
+    @property
+    def held(self) -> bool:
+        return self._file is not None or self._thread is not None
+
     def acquire(self) -> None:
         import json
         import socket
@@ -128,6 +132,11 @@ class DriverLock:
                 f.seek(0)
                 who = f.read().strip() or "another process"
                 f.close()
+                try:
+                    w = json.loads(who)
+                    who = f"{w['host']}, pid {w['pid']}, since {w['since']}"
+                except (ValueError, KeyError, TypeError):
+                    pass
                 raise Busy(f"study {os.path.basename(self.folder)} is being run by another driver ({who}); "
                            f"wait for it or stop it first") from None
             f.seek(0)
@@ -166,6 +175,7 @@ class DriverLock:
             self._stop.set()
             self._thread.join(timeout=5)
             write_text(self.path, "")
+            self._stop = self._thread = None
 
 
 def copy_dir(src: str, dst: str) -> None:
@@ -211,6 +221,10 @@ def check_root(path: str) -> str:
         scheme = path.split("://", 1)[0]
         if scheme not in SCHEMES:
             raise StorageError(f"--storage {path}: unknown scheme {scheme}://; use a local folder, s3:// or gs://")
+        if "?" in path:  # the study's paths are appended to the root: a query would end up in the middle
+            raise StorageError(f"--storage {path}: options in the URI (?...) are not supported; for an "
+                               f"S3-compatible store set AWS_ENDPOINT_URL=http://HOST:PORT (pyarrow, Ray Tune "
+                               f"and boto3 read it) and give --storage s3://BUCKET/PATH")
         return normalize(path)
     p = local(path)
     if os.path.exists(p) and not os.path.isdir(p):

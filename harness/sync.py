@@ -66,16 +66,23 @@ def from_tune(study: Study, sink, writer) -> int:
 
 
 def _results(trial) -> list[dict]:
-    path = os.path.join(trial.local_path or "", "result.json") if getattr(trial, "local_path", None) else None
-    if not path or not os.path.isfile(path):
+    """Every result Tune recorded for the trial (its result.json, read where the study's
+    storage keeps it: `trial.local_path` would need a running Ray)."""
+    import pyarrow.fs as pafs
+    fs, path = trial.storage.storage_filesystem, f"{trial.path}/result.json"
+    try:
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return []
+        with fs.open_input_stream(path) as f:
+            text = f.read().decode()
+    except OSError:
         return []
     out = []
-    with open(path) as f:
-        for line in f:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                break
+    for line in text.splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            break
     return out
 
 
@@ -90,6 +97,7 @@ def main(argv=None) -> int:
         storage.check_tracking(study.tracking_uri, study.root)
     except (SettingsError, storage.StorageError) as e:
         fail(str(e))
+    os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")  # no "View run ... at:" per run
     from mlflow.tracking import MlflowClient
 
     from harness import tracking

@@ -190,6 +190,11 @@ class Sink:
     def end(self, run_id: str, status: str) -> None:
         self.client.set_terminated(run_id, status=status)
 
+    def discard(self, run_id: str) -> None:
+        """A run whose trial Tune does again under a new id: ended KILLED, then deleted."""
+        self.client.set_terminated(run_id, status="KILLED")
+        self.client.delete_run(run_id)
+
     def files(self, run_id: str, folder: str, path: str = "") -> None:
         run = self.client.get_run(run_id)
         local = local_artifacts(self.uri, run.info.artifact_uri)

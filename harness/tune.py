@@ -130,9 +130,11 @@ def resolve(args) -> Study:
         git_commit=settings.git_commit()).bind(root)
 
 
-def open_study(args) -> tuple[Study, bool]:
-    """The study to run and whether it resumes. A new name, or one whose driver died before
-    the first trial started (a fresh run takes it over); --resume: the saved study."""
+def open_study(args) -> tuple[Study, bool, storage.DriverLock | None]:
+    """The study to run, whether it resumes, and (a new study) its driver lock, taken before
+    study.yaml is written: a study another driver runs is never rewritten. A new name, or one
+    whose driver died before the first trial started (a fresh run takes it over); --resume:
+    the saved study (the driver takes the lock)."""
     root = storage.check_root(args.storage or "runs")
     if args.resume:
         name = args.name or storage.newest_study(root)
@@ -148,16 +150,25 @@ def open_study(args) -> tuple[Study, bool]:
         if ignored:
             print("note: --resume keeps the study's saved settings; ignoring "
                   + ", ".join("--" + o.replace("_", "-") for o in ignored))
-        return study, True
+        return study, True, None
     study = resolve(args)
-    if storage.exists(study.path("study.yaml")):
-        from harness import phases
-        if phases.started(study):
-            raise SettingsError(f"study '{study.name}' already exists in {root}; add --resume to continue it "
-                                f"or pick another --name")
-        print(f"note: study '{study.name}' never started a run (its driver stopped early); starting it anew")
-    study.save()
-    return study, False
+    lock = storage.DriverLock(study.folder)
+    try:
+        lock.acquire()
+    except storage.Busy as e:
+        raise SettingsError(str(e)) from None
+    try:
+        if storage.exists(study.path("study.yaml")):
+            from harness import phases
+            if phases.started(study):
+                raise SettingsError(f"study '{study.name}' already exists in {root}; add --resume to continue it "
+                                    f"or pick another --name")
+            print(f"note: study '{study.name}' never started a run (its driver stopped early); starting it anew")
+        study.save()
+    except BaseException:
+        lock.release()
+        raise
+    return study, False, lock
 
 
 # ---------------------------------------------------------------------------------------
@@ -167,12 +178,12 @@ def open_study(args) -> tuple[Study, bool]:
 def main(argv=None) -> int:
     args = parse_args(argv)
     try:
-        study, resume = open_study(args)
+        study, resume, lock = open_study(args)
     except (SettingsError, ConfigError, spaces.SpaceError, CrkdError) as e:
         fail(str(e))
     except storage.StorageError as e:
         fail(str(e))
-    return Driver(study, resume, args.address, args.verbose).run()
+    return Driver(study, resume, args.address, args.verbose, lock=lock).run()
 
 
 if __name__ == "__main__":

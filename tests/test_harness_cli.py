@@ -78,6 +78,7 @@ BAD_OPTIONS = [
     (["--set", "data.benchmark=cifar10-5-5"], "choose it with --benchmark"),
     (["--benchmark", "cifar10-5-5", "--set", "data.root=/nonexistent"], "cifar10 not found"),
     (["--storage", "s3://bucket/x"], "also give --tracking-uri http://HOST:5000"),
+    (["--storage", "s3://bucket/x?endpoint_override=127.0.0.1:9000&scheme=http"], "set AWS_ENDPOINT_URL"),
     (["--tracking-uri", "./mlruns"], "MLflow 3 refuses file stores"),
     (["--name", "a b"], "--name 'a b': use letters, digits"),
 ]

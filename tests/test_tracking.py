@@ -134,6 +134,28 @@ def test_a_restored_trial_does_not_log_an_epoch_twice(tmp_path):
     assert [c[3] for c in sink.calls if c[0] == "metric"] == [1, 2, 3, 4]
 
 
+def test_a_failed_try_does_not_drop_its_epochs(tmp_path):
+    """The server goes away in the middle of a batch: the retry logs the batch's epochs (they
+    are not taken for ones MLflow has, like a restored trial's re-run epochs)."""
+    sink = FlakySink()
+    w = Writer(Journal(str(tmp_path)), sink, backoff_max_s=0.2)
+    w.put({"op": "run", "key": "a", "name": "#0", "tags": {}, "params": {}})
+    assert w.flush(timeout=10)
+    batch, refused = sink.batch, []
+
+    def away_once(*args):
+        if not refused:
+            refused.append(args)
+            raise ConnectionError("connection reset")
+        return batch(*args)
+    sink.batch = away_once
+    for step in (1, 2):
+        w.put({"op": "metrics", "key": "a", "step": step, "values": {"acc": step}})
+    w.put({"op": "end", "key": "a", "status": "FINISHED"})
+    assert w.close(timeout=10)
+    assert refused and [c[3] for c in sink.calls if c[0] == "metric"] == [1, 2]
+
+
 def test_a_refused_write_is_skipped_not_retried_forever(tmp_path):
     sink = FlakySink()
     w = Writer(Journal(str(tmp_path)), sink)
