@@ -14,7 +14,8 @@ Prints, for the CPU comparison:
   lost per result   (2 x harness time - plain time) / results, in core-seconds: what
                     Ray, the checkpoints and MLflow cost per reported epoch; split into
                     Ray + checkpoint inside the trial (time_this_iter_s - time/epoch_s)
-                    and MLflow logging in the driver (harness/mlflow_ms_per_result)
+                    and the driver's tracking time per event on Tune's loop
+                    (tracking/append_ms_per_event of the parent run)
 Stage 1 is trained once beforehand and shared (the harness finds it in its cache),
 so both sides time discovery only. The trials use the preset's values (a one-value
 `choice` space), ASHA never stops them (grace period = epochs). Repeats report
@@ -28,7 +29,6 @@ import glob
 import json
 import os
 import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -36,7 +36,6 @@ import tempfile
 import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 TINY = ["model.widths=[8,16,16]", "model.hidden_dim=32", "model.proj_dim=16"]
 SPACE = ("description: the preset's beta only, so every trial is the same run\n"
@@ -83,7 +82,8 @@ def plain_processes(args, teacher: str, procs: int) -> dict:
 def harness(args, storage: str, name: str, space: str, extra: list[str]) -> dict:
     cmd = [sys.executable, os.path.join(ROOT, "harness", "tune.py"), "--storage", storage, "--name", name,
            "--benchmark", args.benchmark, "--space", space, "--num-samples", str(args.trials),
-           "--max-epochs", str(args.epochs), "--grace-period", str(args.epochs), "--seed", "0", *extra]
+           "--max-epochs", str(args.epochs), "--grace-period", str(args.epochs), "--seed", "0",
+           "--objective", "novel", "--confirm-seeds", "0", *extra]  # the plain loop's task, search only
     for s in (TINY if args.tiny else []) + args.sets:
         cmd += ["--set", s]
     if args.data_root:
@@ -93,13 +93,16 @@ def harness(args, storage: str, name: str, space: str, extra: list[str]) -> dict
     total = time.perf_counter() - start
     if p.returncode != 0:
         sys.exit(f"harness run failed ({p.returncode}):\n{p.stdout[-3000:]}\n{p.stderr[-3000:]}")
-    fit = float(re.search(r"study \S+: \d+ trials in (\d+(?:\.\d+)?) s", p.stdout).group(1))
-    # Inside the trials: Tune's time per result minus crkd's own epoch time.
-    ray_s = []
-    for f in glob.glob(os.path.join(storage, name, "trial_*", "progress.csv")):
+    # Inside the trials: Tune's time per result minus crkd's own epoch time; the Tune loop: from
+    # the first trial's start to the last result (Tune's timestamps are whole seconds).
+    ray_s, starts, ends = [], [], []
+    for f in glob.glob(os.path.join(storage, name, "search", "*", "progress.csv")):
         with open(f) as fh:
             for row in csv.DictReader(fh):
                 ray_s.append(float(row["time_this_iter_s"]) - float(row["time/epoch_s"]))
+                starts.append(float(row["timestamp"]) - float(row["time_total_s"]))
+                ends.append(float(row["timestamp"]))
+    fit = max(ends) - min(starts)
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{storage}/mlflow.db")
     parent = client.search_runs([client.get_experiment_by_name(name).experiment_id],
@@ -112,7 +115,7 @@ def harness(args, storage: str, name: str, space: str, extra: list[str]) -> dict
             first, last = min(first, m.timestamp / 1000 - m.value), max(last, m.timestamp / 1000)
     return {"fit_s": fit, "total_s": total, "results": len(ray_s), "steady_s": last - first,
             "trial_overhead_ms": 1000 * statistics.mean(ray_s) if ray_s else float("nan"),
-            "mlflow_ms": parent.data.metrics.get("harness/mlflow_ms_per_result", float("nan"))}
+            "mlflow_ms": parent.data.metrics.get("tracking/append_ms_per_event", float("nan"))}
 
 
 def spread(xs: list[float]) -> str:
@@ -120,7 +123,6 @@ def spread(xs: list[float]) -> str:
 
 
 def cpu(args) -> dict:
-    import crkd
     from harness.stage1 import Stage1Cache
     cfg, _ = config(args)
     out = {}

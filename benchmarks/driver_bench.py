@@ -2,34 +2,47 @@
 """What the driver costs per result: the harness's search machinery (Tune + Optuna TPE
 via PruningOptunaSearch + ASHA + the Recorder callback writing a Journal that a Writer
 thread applies to MLflow through tracking.Sink), in this process, on a local Ray, with a
-stand-in trainable that reports its epochs instantly (no training), so the driver is the
-bottleneck.
+stand-in trainable that reports its epochs instantly (no training).
 
-    python benchmarks/driver_bench.py                                  # sqlite + http, 100/300/1000 trials, sync at 100
-    python benchmarks/driver_bench.py --backends sqlite --trials 100 --no-sync
-    python benchmarks/driver_bench.py --trials 300 --profile /tmp/prof  # cProfile of Tune's loop (main thread)
-    python benchmarks/driver_bench.py --json out.json
+    python benchmarks/driver_bench.py                 # sqlite 100/300/1000, http 100/300, sync (sqlite) at 100
+    python benchmarks/driver_bench.py --backends sqlite,none --trials 100,300 --sync-trials 100 --json a.json
+    python benchmarks/driver_bench.py --backends http --trials 100,300 --sync-backends http --json b.json
+    python benchmarks/driver_bench.py --backends none --trials 100 --no-sync --profile /tmp/prof
+    python benchmarks/driver_bench.py --pending 16 --warmup-s 60 ...   # keep 16 actors alive (see below)
 
 Each case is one `tuner.fit()` of its own study (a new MLflow experiment, Optuna journal and
 Tune folder under a temporary root), set up like harness/phases.py `search` sets one up
-and like harness/driver.py `_open_tracking` opens its tracking. Backends: `sqlite` (a
-temporary store, as `--tracking-uri` left empty) and `http` (an `mlflow server` this script
-starts on 127.0.0.1 with its own sqlite database and artifact folder, stopped at the end).
-`sync` cases are the design before the journal: a Recorder whose writer applies every
-event to MLflow inside the callback, on Tune's loop.
+(PruningOptunaSearch with TPE on a JournalFileBackend, ASHA on "epoch", max_concurrent_trials,
+reuse_actors, phases._run_config, OutcomeMarkers) and like harness/driver.py `_open_tracking`
+opens its tracking (tracking.open_study, Journal + Writer + Sink, recorder.ACTIVE). The space is
+search_spaces/rkd_weights.yaml on the digits preset. Backends: `sqlite` (a temporary store, as
+`--tracking-uri` left empty), `http` (an `mlflow server` this script starts on 127.0.0.1 with its
+own sqlite database and --artifacts-destination, stopped at the end) and `none` (a sink that
+writes nothing: the driver without MLflow's work in its process). `sync` cases are the design
+before the journal: a Recorder whose writer applies every event to MLflow inside the callback,
+on Tune's loop.
+
+Callbacks, searcher, scheduler and sink are subclasses that time each call (wall and the
+calling thread's CPU); the loop's CPU is the main thread's thread_time() over fit(), which
+does not count time spent waiting for a core, the GIL or the disk: on a busy machine it is
+the figure that carries over, wall-clock rates are what this machine gave.
 
 Figures per case:
-  results/s       results / wall time of fit() (actor start-up included), and "steady":
-                  the results between the 10th and 90th percentile of their arrival times
-                  over that span (start-up and tail excluded)
-  loop ms/result  main-thread CPU time of fit() / results: all the driver's own work per result
-  rec ms/result   Recorder.on_trial_result wall time, mean / p99 / max over results; "rec all":
-                  every Recorder callback (start, result, complete) / results
-  optuna ms/trial PruningOptunaSearch suggest + on_trial_result + on_trial_complete, per trial
-  flush s         after fit(): time until the writer has applied every event
-  missing / dup   metric rows in MLflow against the results the driver saw: (run, key, step)
-                  expected and absent, and present more than once; "open": trial runs that are
-                  not FINISHED
+  res/s           results / wall time of fit() (actor start-up included); "steady": the results
+                  between the 10th and 90th percentile of arrival over that span; "after warm":
+                  from the last warm-up trial's first result on (--warmup-s)
+  loop cpu ms/res main-thread CPU of fit() / results: all the driver's own work per result;
+                  "max res/s 1 core" = its inverse; "loop busy" = loop CPU / fit wall
+  rec ms          Recorder.on_trial_result wall time, mean / p99 over results; "rec all ms/res":
+                  every Recorder callback (start, result, complete, end) / results
+  optuna ms/trial PruningOptunaSearch suggest + on_trial_result + on_trial_complete (wall), per trial
+  flush s         after fit(): time until the writer has applied every event; "backlog max": the
+                  writer's queue, sampled every 0.25 s
+  missing / dup   metric rows in MLflow (read from its sqlite database) against the results the
+                  driver saw, per (run, key, step): expected and absent, present more than once;
+                  "open": trial runs that are not FINISHED
+Below the table: each Sink call (the writer thread; Tune's loop in sync mode), Optuna's parts,
+the loop's CPU by part, and Journal.append split into plain writes and the once-a-second fsync.
 """
 from __future__ import annotations
 
@@ -56,7 +69,6 @@ import urllib.request
 from collections import defaultdict
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)
 
 METRIC = "proxy/novel/train/acc"
 # What a proxy trial reports per epoch: ~25 numbers (and two strings, as the real trial).
@@ -70,7 +82,12 @@ LOGGED = set(KEYS) | {"objective"}                               # what the Reco
 # Timings, kept out of the objects Tune pickles with its experiment state.
 T: dict = defaultdict(list)
 SEEN: dict = defaultdict(set)          # trial_id -> epochs the driver's callback saw
+PIDS: set = set()                      # actors (worker processes) whose results arrived
 ARRIVALS: list = []                    # perf_counter of each on_trial_result
+ORDER: list = []                       # (trial_id, Optuna number) of each on_trial_result
+WARM: set = set()                      # trials of the warm-up wave
+WARM_N = [0]
+SERVER: dict = {}                      # the running mlflow server's session id
 _DEPTH: dict = {}                      # (thread, kind prefix) -> depth: only the outermost call is timed
 
 
@@ -80,14 +97,19 @@ def pc() -> float:
 
 # --- the stand-in trainable ------------------------------------------------------------------
 
-def make_trainable(epochs: int, checkpoint: bool):
+def make_trainable(epochs: int, checkpoint: bool, epoch_s: float, warm_n: int, warm_s: float):
     def standin(config):
         import math as m
+        import time as t
 
         from ray import tune
         a, b = config["alpha"], config["beta"]
         score = 1.0 / (1.0 + abs(m.log(a)) + 0.5 * abs(m.log(b / 0.1)))   # best at the paper's defaults
+        if config.get("_n", warm_n) < warm_n:
+            t.sleep(warm_s)  # the first wave holds its actors until all of them are up (see --warmup-s)
         for e in range(1, epochs + 1):
+            if epoch_s:
+                t.sleep(epoch_s)
             acc = score * (1 - 0.6 ** e)
             values = {"epoch": e, "lr": 0.1 * 0.9 ** e}
             for i, n in enumerate(NAMES):
@@ -122,13 +144,14 @@ def timed_classes():
         depth = _DEPTH.setdefault((threading.get_ident(), prefix), [0])
         outer = depth[0] == 0
         depth[0] += 1
-        start = pc()
+        start, cpu = pc(), time.thread_time()
         try:
             return fn(*a, **kw)
         finally:
             depth[0] -= 1
             if outer:
                 T[kind].append(pc() - start)
+                T[kind + "#cpu"].append(time.thread_time() - cpu)
 
     class TimedJournal(Journal):
         """Journal.append timed in the caller, split by whether it fsynced."""
@@ -144,7 +167,12 @@ def timed_classes():
 
         def on_trial_result(self, iteration, trials, trial, result, **info):
             ARRIVALS.append(pc())
+            ORDER.append((trial.trial_id, trial.config.get("_n")))
+            if trial.config.get("_n", 1 << 30) < WARM_N[0]:
+                WARM.add(trial.trial_id)
             SEEN[trial.trial_id].add(int(result.get("epoch", 0)))
+            actor = getattr(getattr(trial, "temporary_state", None), "ray_actor", None)
+            PIDS.add(actor._actor_id.hex() if actor is not None else None)
             return timed("rec.result", super().on_trial_result, iteration, trials, trial, result, **info)
 
         def on_trial_complete(self, iteration, trials, trial, **info):
@@ -205,7 +233,35 @@ def timed_classes():
         def last_step(self, run_id):
             return timed("sink.last_step", super().last_step, run_id)
 
-    return dict(TimedJournal=TimedJournal, TimedRecorder=TimedRecorder, SyncRecorder=SyncRecorder, SyncWriter=SyncWriter,
+    class NullSink(TimedSink):
+        """MLflow replaced by nothing: what the driver costs with the writer thread idle."""
+
+        def __init__(self, uri, experiment_id, parent_id):
+            self.uri, self.experiment_id, self.parent_id, self.client = uri, experiment_id, parent_id, None
+            self._n = 0
+
+        def create_or_find(self, e):
+            self._n += 1
+            return f"run-{self._n}"
+
+        def find(self, key):
+            if key == "study":
+                return self.parent_id
+            raise KeyError(key)
+
+        def last_step(self, run_id):
+            return 0
+
+        def batch(self, run_id, metrics, params, tags):
+            pass
+
+        def end(self, run_id, status):
+            pass
+
+        def files(self, run_id, folder, path=""):
+            pass
+
+    return dict(NullSink=NullSink, TimedJournal=TimedJournal, TimedRecorder=TimedRecorder, SyncRecorder=SyncRecorder, SyncWriter=SyncWriter,
                 TimedSearch=TimedSearch, TimedASHA=TimedASHA, TimedMarkers=TimedMarkers, TimedSink=TimedSink)
 
 
@@ -224,13 +280,13 @@ def make_study(name: str, root: str, uri: str, args, trials: int):
     return Study(name=name, kind="study", benchmark="digits", tracking_uri=uri, space_name=space.name,
                  space_text=space.text, fields=space.fields, default_point=default, default_skipped=why,
                  base_yaml=base.to_yaml(), seed=0, objective="proxy", proxy_folds=1, metric=METRIC, mode="max",
-                 num_samples=trials, max_concurrent=args.concurrent, cpus_per_trial=args.cpus,
+                 num_samples=trials, max_concurrent=args.concurrent + args.pending, cpus_per_trial=args.cpus,
                  gpus_per_trial=0.0, max_t=args.epochs, grace_period=args.grace,
                  reduction_factor=args.reduction_factor, keep_checkpoints=5, confirm_seeds=0,
                  command="driver_bench", created=time.strftime("%Y-%m-%dT%H:%M:%S"), git_commit="bench").bind(root)
 
 
-def open_tracking(study, classes, sync: bool):
+def open_tracking(study, classes, sync: bool, null: bool = False):
     """Like harness/driver.py Driver._open_tracking: the study's experiment and parent run,
     a Journal + Writer (+ Sink), and recorder.ACTIVE."""
     from mlflow.tracking import MlflowClient
@@ -246,14 +302,15 @@ def open_tracking(study, classes, sync: bool):
               "max_t": study.max_t, "metric": study.metric, "mode": study.mode}
     exp_id, parent = tracking.open_study(client, study.name, False, tags, params, driver.description(study),
                                          tracking.views(list(study.fields), study.metric))
-    sink = classes["TimedSink"](study.tracking, exp_id, parent)
+    sink_cls = classes["NullSink" if null else "TimedSink"]
+    sink = sink_cls(study.tracking, exp_id, parent)
     writer = Writer(classes["TimedJournal"](driver.journal_folder(study)), sink)
     os.makedirs(study.folder, exist_ok=True)
     console = Console(stream=open(os.path.join(study.folder, "console.log"), "w"))
     recorder.ACTIVE.update(writer=writer, console=console, study=study)
     if sync:
         recorder.ACTIVE["sync_writer"] = classes["SyncWriter"](Journal(os.path.join(study.folder, "sync-journal")),
-                                                               classes["TimedSink"](study.tracking, exp_id, parent))
+                                                               sink_cls(study.tracking, exp_id, parent))
     writer.put({"op": "tags", "key": "study", "tags": {"crkd.started": "true"}})
     d = tempfile.mkdtemp()
     with open(os.path.join(d, "study.yaml"), "w") as f:
@@ -263,7 +320,7 @@ def open_tracking(study, classes, sync: bool):
     return exp_id, writer
 
 
-def build_tuner(study, classes, sync: bool, checkpoint: bool):
+def build_tuner(study, classes, sync: bool, checkpoint: bool, epoch_s: float, warm_n: int, warm_s: float):
     """Like harness/phases.py `search`, with the stand-in trainable."""
     import optuna
     from optuna.storages import JournalStorage
@@ -285,7 +342,7 @@ def build_tuner(study, classes, sync: bool, checkpoint: bool):
                                      grace_period=study.grace_period, reduction_factor=study.reduction_factor)
     recorder = classes["SyncRecorder" if sync else "TimedRecorder"]("search", study.metric, study.max_t,
                                                                     study.fields, study.num_samples)
-    trainable = tune.with_resources(make_trainable(study.max_t, checkpoint), {"cpu": study.cpus_per_trial})
+    trainable = tune.with_resources(make_trainable(study.max_t, checkpoint, epoch_s, warm_n, warm_s), {"cpu": study.cpus_per_trial})
     extra = {}
     if hasattr(phases, "trial_dirname"):
         extra["trial_dirname_creator"] = phases.trial_dirname
@@ -324,6 +381,22 @@ def check_store(db: str, exp_id: str, max_t: int) -> dict:
 
 # --- one case ----------------------------------------------------------------------------------------
 
+def session_cpu(sid: int) -> float:
+    """CPU seconds of the live processes of a session (this driver and its Ray, or the server)."""
+    tick, total = os.sysconf("SC_CLK_TCK"), 0.0
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:   # fields after the name: state ppid pgrp session ... utime(11) stime(12)
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
 def pct(xs: list, q: float) -> float:
     if not xs:
         return float("nan")
@@ -336,14 +409,17 @@ def ms(x: float) -> float:
 
 
 def run_case(backend: str, uri: str, db: str, trials: int, sync: bool, args, classes, root: str) -> dict:
-    for d in (T, SEEN):
+    for d in (T, SEEN, PIDS, WARM):
         d.clear()
     ARRIVALS.clear()
+    ORDER.clear()
+    WARM_N[0] = args.concurrent if args.warmup_s else 0
     from harness import recorder
     name = f"bench-{backend}-{'sync' if sync else 'journal'}-{trials}-{int(time.time())}"
     study = make_study(name, root, uri, args, trials)
-    exp_id, writer = open_tracking(study, classes, sync)
-    tuner = build_tuner(study, classes, sync, args.checkpoint)
+    exp_id, writer = open_tracking(study, classes, sync, null=backend == "none")
+    tuner = build_tuner(study, classes, sync, args.checkpoint, args.epoch_s,
+                        args.concurrent if args.warmup_s else 0, args.warmup_s)
 
     pending = [0]
     stop = threading.Event()
@@ -357,7 +433,10 @@ def run_case(backend: str, uri: str, db: str, trials: int, sync: bool, args, cla
     prof = None
     if args.profile:
         import cProfile
-        prof = cProfile.Profile()
+        prof = cProfile.Profile(time.thread_time)  # CPU time: what the loop itself spends, not waits
+    sid = os.getsid(0)
+    server_sid = SERVER.get("sid")
+    s0, v0 = session_cpu(sid), (session_cpu(server_sid) if server_sid else 0.0)
     ru0 = resource.getrusage(resource.RUSAGE_SELF)
     cpu0 = time.thread_time()
     start = pc()
@@ -369,6 +448,7 @@ def run_case(backend: str, uri: str, db: str, trials: int, sync: bool, args, cla
     fit_s = pc() - start
     loop_cpu = time.thread_time() - cpu0
     ru1 = resource.getrusage(resource.RUSAGE_SELF)
+    s1, v1 = session_cpu(sid), (session_cpu(server_sid) if server_sid else 0.0)
     left = writer.pending()
     f0 = pc()
     flushed = writer.flush(timeout=args.flush_timeout)
@@ -389,22 +469,39 @@ def run_case(backend: str, uri: str, db: str, trials: int, sync: bool, args, cla
     if n >= 20:
         lo, hi = ARRIVALS[int(0.1 * n)], ARRIVALS[int(0.9 * n)]
         steady = (int(0.9 * n) - int(0.1 * n)) / (hi - lo) if hi > lo else float("nan")
+    warm = [min(i for i, (tid, _) in enumerate(ORDER) if tid == w) for w in WARM] if WARM else []
+    after = float("nan")
+    if warm and max(warm) < n - 1:
+        k = max(warm)
+        after = (n - 1 - k) / (ARRIVALS[-1] - ARRIVALS[k]) if ARRIVALS[-1] > ARRIVALS[k] else float("nan")
     rr = T["rec.result"]
     rec_all = sum(sum(T[k]) for k in ("rec.start", "rec.result", "rec.complete", "rec.end"))
     opt = {k: T[f"optuna.{k}"] for k in ("suggest", "result", "complete")}
     sug = opt["suggest"]
     tenth = max(1, len(sug) // 10)
-    store = check_store(db, exp_id, args.epochs)
+    store = check_store(db, exp_id, args.epochs) if backend != "none" else {}
     timed_total = rec_all + sum(sum(v) for v in opt.values()) + sum(T["asha.result"]) + sum(T["markers.complete"])
+    cpu = lambda *kinds: sum(sum(T[k + "#cpu"]) for k in kinds)  # noqa: E731
+    rec_cpu = cpu("rec.start", "rec.result", "rec.complete", "rec.end")
+    opt_cpu = cpu("optuna.suggest", "optuna.result", "optuna.complete")
+    other_cpu = cpu("asha.result", "markers.complete")
+    per = lambda x: ms(x / max(1, n))  # noqa: E731
     case = {
         "backend": backend, "mode": "sync" if sync else "journal", "trials": trials, "errors": errors,
         "results": n, "results_per_trial": round(n / max(1, trials), 2),
-        "results_seen_by_tune": sum(reached), "fit_s": round(fit_s, 2),
+        "results_seen_by_tune": sum(reached), "actor_processes": len(PIDS), "fit_s": round(fit_s, 2),
         "first_result_s": round(ARRIVALS[0] - start, 2) if n else None,
         "results_per_s": round(n / fit_s, 1), "results_per_s_steady": round(steady, 1),
+        "results_per_s_after_warmup": round(after, 1),
         "loop_cpu_ms_per_result": ms(loop_cpu / max(1, n)),
+        "max_results_per_s_one_core": round(n / loop_cpu, 1) if loop_cpu else None,
+        "cpu_ms_per_result": {"recorder": per(rec_cpu), "recorder.on_trial_result": per(cpu("rec.result")),
+                              "recorder.on_trial_start": per(cpu("rec.start")), "optuna": per(opt_cpu),
+                              "asha+markers": per(other_cpu),
+                              "tune+ray (the rest of the loop)": per(loop_cpu - rec_cpu - opt_cpu - other_cpu)},
+        "session_cpu_s": round(s1 - s0, 1), "server_cpu_s": round(v1 - v0, 1) if server_sid else None,
         "process_cpu_s": round((ru1.ru_utime + ru1.ru_stime) - (ru0.ru_utime + ru0.ru_stime), 2),
-        "loop_cpu_s": round(loop_cpu, 2),
+        "loop_cpu_s": round(loop_cpu, 2), "loop_busy": round(loop_cpu / fit_s, 3),
         "rec_result_ms_mean": ms(statistics.fmean(rr)) if rr else None,
         "rec_result_ms_p50": ms(pct(rr, 0.5)), "rec_result_ms_p99": ms(pct(rr, 0.99)), "rec_result_ms_max": ms(max(rr or [0])),
         "rec_all_ms_per_result": ms(rec_all / max(1, n)),
@@ -428,8 +525,11 @@ def run_case(backend: str, uri: str, db: str, trials: int, sync: bool, args, cla
         "pending_at_fit_end": left, "pending_max": max(pending[0], left), "flush_s": round(flush_s, 2),
         "flushed": flushed, "events": stats.events + (sync_stats.events if sync_stats else 0),
         "writer_errors": len(stats.errors),
+        "timings": {k: {"n": len(v), "mean_ms": ms(statistics.fmean(v)), "p99_ms": ms(pct(v, 0.99)),
+                        "max_ms": ms(max(v)), "cpu_mean_ms": ms(statistics.fmean(T[k + "#cpu"])) if T[k + "#cpu"] else None}
+                    for k, v in sorted(T.items()) if v and not k.endswith("#cpu")},
         "sink_ms": {k[5:]: {"calls": len(v), "mean_ms": ms(statistics.fmean(v)), "total_s": round(sum(v), 2)}
-                    for k, v in sorted(T.items()) if k.startswith("sink.") and v},
+                    for k, v in sorted(T.items()) if k.startswith("sink.") and not k.endswith("#cpu") and v},
         **store,
     }
     if prof:
@@ -461,6 +561,7 @@ def mlflow_server(folder: str, workers: int):
            "--port", str(port), "--workers", str(workers)]
     log = open(os.path.join(folder, "server.log"), "w")
     proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    SERVER["sid"] = proc.pid
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -485,16 +586,18 @@ def mlflow_server(folder: str, workers: int):
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, 9)
         log.close()
+        SERVER.clear()
 
 
 # --- the table ------------------------------------------------------------------------------------------
 
 COLUMNS = [("backend", "backend", "{}"), ("mode", "mode", "{}"), ("trials", "trials", "{}"),
-           ("results", "results", "{}"), ("fit s", "fit_s", "{:.1f}"), ("res/s", "results_per_s", "{:.0f}"),
-           ("res/s steady", "results_per_s_steady", "{:.0f}"), ("loop cpu ms/res", "loop_cpu_ms_per_result", "{:.2f}"),
+           ("results", "results", "{}"), ("actors", "actor_processes", "{}"), ("fit s", "fit_s", "{:.1f}"), ("res/s", "results_per_s", "{:.0f}"),
+           ("res/s steady", "results_per_s_steady", "{:.0f}"), ("res/s after warm", "results_per_s_after_warmup", "{:.0f}"), ("loop cpu ms/res", "loop_cpu_ms_per_result", "{:.2f}"), ("loop busy", "loop_busy", "{:.2f}"),
+           ("max res/s 1 core", "max_results_per_s_one_core", "{:.0f}"),
            ("rec ms mean", "rec_result_ms_mean", "{:.3f}"), ("rec ms p99", "rec_result_ms_p99", "{:.3f}"),
-           ("rec ms max", "rec_result_ms_max", "{:.1f}"), ("rec all ms/res", "rec_all_ms_per_result", "{:.3f}"),
-           ("optuna ms/trial", "optuna_ms_per_trial", "{:.1f}"), ("tune other ms/res", "tune_other_ms_per_result", "{:.2f}"),
+("rec all ms/res", "rec_all_ms_per_result", "{:.3f}"),
+           ("optuna ms/trial", "optuna_ms_per_trial", "{:.1f}"),
            ("flush s", "flush_s", "{:.2f}"), ("backlog max", "pending_max", "{}"), ("missing", "missing", "{}"),
            ("dup", "duplicates", "{}"), ("open", "open_runs", "{}")]
 
@@ -524,7 +627,9 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--trials", default="100,300,1000", help="comma-separated sizes (default 100,300,1000)")
     p.add_argument("--http-trials", help="sizes for the http backend (default: --trials without 1000)")
-    p.add_argument("--backends", default="sqlite,http", help="sqlite, http or both (default both)")
+    p.add_argument("--backends", default="sqlite,http",
+                   help="sqlite, http, none (a sink that writes nothing: the driver without MLflow's work in "
+                        "its process) (default sqlite,http)")
     p.add_argument("--sync-trials", default="100", help="sizes of the synchronous (pre-journal) comparison, "
                                                         "per backend in --sync-backends (default 100)")
     p.add_argument("--sync-backends", default="sqlite", help="backends of the synchronous comparison (default sqlite)")
@@ -532,9 +637,30 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=10, help="epochs of a trial that ASHA lets finish (default 10)")
     p.add_argument("--grace", type=int, default=1, help="ASHA grace period (default 1 = max_t/10, the harness's)")
     p.add_argument("--reduction-factor", type=float, default=3.0, help="ASHA reduction factor (default 3)")
-    p.add_argument("--concurrent", type=int, default=16, help="max_concurrent_trials (default 16)")
-    p.add_argument("--cpus", type=float, default=0.05, help="CPUs per trial (default 0.05)")
+    p.add_argument("--concurrent", type=int, default=16,
+                   help="trials that fit at once: max_concurrent_trials (plus --pending) (default 16)")
+    p.add_argument("--cpus", type=float, help="CPUs per trial (default: Ray's CPUs / --concurrent, so that the trials "
+                                              "fill the node as the harness's do; with room to spare, Tune starts a "
+                                              "worker process for every new trial even when it then hands the trial "
+                                              "a cached actor)")
+    p.add_argument("--epoch-s", type=float, default=0.0,
+                   help="seconds each stand-in epoch sleeps before it reports (default 0: instant)")
+    p.add_argument("--pending", type=int, default=0,
+                   help="trials in flight beyond those that fit (max_concurrent_trials = --concurrent + this; "
+                        "default 0). With 0, as in the harness, Tune caches a stopped trial's actor only "
+                        "while no other is cached: two trials that stop in one step cost an actor, and the next "
+                        "trial a new worker process; with staged trials every stopped actor is kept for them")
+    p.add_argument("--warmup-s", type=float, default=0.0,
+                   help="the first --concurrent trials wait this long before their first epoch, so that all their "
+                        "actors are up before trials start ending (default 0: none; e.g. 60 on a busy 2-core machine). Without it, Tune hands each "
+                        "new trial the actor of one that just ended before any other actor has started, and instant "
+                        "trials run one or two at a time")
     p.add_argument("--checkpoint", action="store_true", help="report a tiny checkpoint every epoch, as real trials do")
+    p.add_argument("--worker-niceness", type=int, default=0,
+                   help="niceness of Ray's workers (Ray's default is 15; 0: the trial actors run at normal priority "
+                        "like this driver, not starved by other normal-priority work on a small machine)")
+    p.add_argument("--no-tune-loggers", action="store_true",
+                   help="TUNE_DISABLE_AUTO_CALLBACK_LOGGERS=1: without Tune's JSON/CSV/TensorBoard result files")
     p.add_argument("--workers", type=int, default=1, help="mlflow server --workers (default 1)")
     p.add_argument("--flush-timeout", type=float, default=600.0, help="seconds to wait for the writer after fit()")
     p.add_argument("--profile", metavar="DIR", help="cProfile Tune's loop (the main thread) of each case into DIR")
@@ -555,16 +681,23 @@ def main(argv=None) -> int:
     logging.getLogger("mlflow").setLevel(logging.WARNING)
     from harness.console import quiet_ray
     quiet_ray(False)
+    os.environ["RAY_worker_niceness"] = str(args.worker_niceness)
+    if args.no_tune_loggers:
+        os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     import ray
     root = tempfile.mkdtemp(prefix="driver-bench-")
     info = machine()
     print(f"machine: {info['cpu']}, {info['cores']} cores, load {info['loadavg'][0]:.1f}; python {info['python']}, "
           f"ray {info['ray']}, optuna {info['optuna']}, mlflow {info['mlflow']}; commit {info['commit']}")
     print(f"trials of up to {args.epochs} epochs (ASHA grace {args.grace}, rf {args.reduction_factor:g}), "
-          f"{args.concurrent} at a time, {args.cpus:g} CPU each, {len(KEYS)} numbers per result"
+          f"{args.concurrent} at a time (+{args.pending or 0} pending, warm-up {args.warmup_s:g} s), {args.epoch_s:g} s per epoch, {len(KEYS)} numbers per result, Ray workers at nice "
+          f"{args.worker_niceness}{', no Tune result loggers' if args.no_tune_loggers else ''}"
           f"{', a checkpoint per epoch' if args.checkpoint else ''}; studies in {root}", flush=True)
     ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False,
              logging_level=logging.ERROR, log_to_driver=False, configure_logging=True)
+    if args.cpus is None:
+        args.cpus = ray.cluster_resources().get("CPU", 1) / args.concurrent
+        print(f"{args.cpus:g} CPU per trial: {args.concurrent} trials fill Ray's {ray.cluster_resources().get('CPU')} CPUs")
     classes = timed_classes()
     cases = []
 
@@ -574,14 +707,19 @@ def main(argv=None) -> int:
         print(f"{backend} {case['mode']} {n} trials: {case['results']} results in {case['fit_s']} s, "
               f"{case['results_per_s']}/s ({case['results_per_s_steady']}/s steady); on_trial_result "
               f"{case['rec_result_ms_mean']} ms mean, {case['rec_result_ms_p99']} ms p99; flush {case['flush_s']} s; "
-              f"missing {case['missing']}, dup {case['duplicates']}, open runs {case['open_runs']}", flush=True)
+              f"missing {case.get('missing')}, dup {case.get('duplicates')}, open runs {case.get('open_runs')}", flush=True)
 
     try:
         for backend in backends:
-            todo = [(n, False) for n in (sizes if backend == "sqlite" else http_sizes)]
+            todo = [(n, False) for n in (http_sizes if backend == "http" else sizes)]
             todo += [(n, True) for n in sync_sizes if backend in sync_backends]
             if backend == "sqlite":
                 db = os.path.join(root, "sqlite-store", "mlflow.db")
+                os.makedirs(os.path.dirname(db), exist_ok=True)
+                for n, sync in todo:
+                    run(backend, f"sqlite:///{db}", db, n, sync)
+            elif backend == "none":  # the study's parent run in sqlite, every trial write to a null sink
+                db = os.path.join(root, "none-store", "mlflow.db")
                 os.makedirs(os.path.dirname(db), exist_ok=True)
                 for n, sync in todo:
                     run(backend, f"sqlite:///{db}", db, n, sync)
@@ -606,6 +744,11 @@ def main(argv=None) -> int:
                       f"({c['optuna_suggest_ms_first10pct']} / {c['optuna_suggest_ms_last10pct']}), report "
                       f"{c['optuna_report_ms_mean']}, tell {c['optuna_tell_ms_mean']}; asha {c['asha_ms_per_result']} "
                       f"ms/result; loop cpu {c['loop_cpu_s']} s of {c['fit_s']} s fit, process cpu {c['process_cpu_s']} s")
+            print("\nthe loop's CPU (main thread, thread_time) per result, by part:")
+            for c in cases:
+                print(f"  {c['backend']} {c['mode']} {c['trials']}: " + ", ".join(
+                    f"{k} {v:.2f}" for k, v in c["cpu_ms_per_result"].items())
+                    + f"; session CPU {c['session_cpu_s']} s" + (f", server CPU {c['server_cpu_s']} s" if c.get("server_cpu_s") is not None else ""))
             print("\njournal.append in the driver: write ms mean / p99, fsyncs (once a second) ms mean / max; first result at:")
             for c in cases:
                 print(f"  {c['backend']} {c['mode']} {c['trials']}: write {c['journal_write_ms_mean']} / "
