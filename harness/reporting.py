@@ -244,7 +244,7 @@ def _markdown(info, metric, metrics, trials, configs, floors, below, comparisons
         add(f"They are disjoint from the search seed {ss}.\n")
 
     # the table
-    add(f"## Confirmation\n")
+    add("## Confirmation\n")
     add(f"Each cell: mean ± std (n seeds) over the confirmation seeds, measured as the protocol above says. Floor flag on `{metric}`: the configuration's "
         "mean does not exceed the floor's mean.\n")
     head = ["configuration", "role", "search score"] + [f"`{m}`" for m in metrics] + ["floor"]

@@ -1,5 +1,4 @@
 """Each loss formula of docs/methods.md against an independent float64 computation."""
-import math
 
 import pytest
 import torch
@@ -57,7 +56,7 @@ def rkd_reference(zt, zs, t, tau, eta_at="tau", form="kl"):
     """Cr-KD's L_rKD (docs/methods.md, crkd) written out per sample in float64."""
     zt, zs = zt.double(), zs.double()
     n, c_l = zt.shape
-    total, etas, terms = 0.0, [], []
+    etas, terms = [], []
     for i in range(n):
         pt = torch.softmax(zt[i] / (tau * t), 0)
         ps = torch.softmax(zs[i, :c_l] / (tau * t), 0)

@@ -3,7 +3,6 @@ against a naive float64 computation over explicit pairs and triplets, zero with 
 gradient at student == teacher, masks equal to subsets, options, and end-to-end runs."""
 from __future__ import annotations
 
-import itertools
 import json
 import math
 

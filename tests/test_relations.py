@@ -8,7 +8,6 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 
 from crkd import Discover, Pretrain, apply_overrides, load_config, load_data, preset
 from crkd.config import overcluster_factor

@@ -3,7 +3,6 @@ baselines by a set margin, a baseline under the raw-pixel floor, a failed run, t
 runs in a known rank order; then the variants (leaky, nobody wins, one seed, benchmark)."""
 from __future__ import annotations
 
-import os
 
 import pytest
 
