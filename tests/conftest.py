@@ -8,3 +8,12 @@ os.environ.setdefault("MKL_NUM_THREADS", "1")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The digits benchmark's data (scikit-learn's, offline), loaded once per session."""
+    from crkd import load_data, preset
+    return load_data(preset("digits").data)

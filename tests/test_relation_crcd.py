@@ -12,16 +12,16 @@ import torch
 import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from crkd import Discover, Pretrain, apply_overrides, load_data, preset
+from crkd import Discover, Pretrain, apply_overrides, preset
 from crkd.cli import main
 from crkd.errors import ConfigError
 from crkd.losses.crcd import (ce_feature_grad, contrast_scores, infonce, momentum_update, nce, nce_log_z,
                               paired_relation_scores, relation_scores, top1)
 from crkd.relations import RELATIONS, Dims, StepContext
 from crkd.relations.crcd import CrcdOptions
+from tiny import fast
 
-FAST = ["pretrain.epochs=2", "discover.epochs=4", "model.widths=[8,16,16]", "model.hidden_dim=32",
-        "model.proj_dim=16", "discover.batch_size=128", "pretrain.batch_size=128"]
+FAST = fast(4)
 
 
 def unit(*shape, dtype=torch.float64):
@@ -221,11 +221,6 @@ def ctx_for(feats_s, feats_t, idx, known=3):
 
 
 # --- end to end --------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data(preset("digits").data)
-
 
 @pytest.fixture(scope="module")
 def fast_teacher(digits):

@@ -12,15 +12,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from crkd import Discover, Pretrain, apply_overrides, load_data, preset
+from crkd import Discover, Pretrain, apply_overrides, preset
 from crkd.cli import main
 from crkd.errors import ConfigError
 from crkd.losses.refilled import centre_kd, pairwise_distances, tuple_facts, tuple_kl
 from crkd.relations import RELATIONS, Dims, SetupData, StepContext
 from crkd.relations.refilled import RefilledOptions
+from tiny import fast
 
-FAST = ["pretrain.epochs=2", "discover.epochs=4", "model.widths=[8,16,16]", "model.hidden_dim=32",
-        "model.proj_dim=16", "discover.batch_size=128", "pretrain.batch_size=128"]
+FAST = fast(4)
 
 
 def batch(b=8, views=2, known=3, novel=3, seed=0):
@@ -251,11 +251,6 @@ def test_scale_and_options():
 
 
 # --- end to end ---------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data(preset("digits").data)
-
 
 def test_discovery_hides_novel_labels_from_the_term(digits):
     """Scrambling the novel classes' training labels changes nothing the term computes."""

@@ -9,20 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from crkd import Discover, Pretrain, apply_overrides, load_config, load_data, preset
+from crkd import Discover, Pretrain, apply_overrides, load_config, preset
 from crkd.config import overcluster_factor
 from crkd.data.benchmarks import _tensor_data
 from crkd.losses import relation_kd
 from crkd.models import NCDModel
 from crkd.relations import RELATIONS, Options, Relation
+from tiny import fast
 
-FAST = ["pretrain.epochs=2", "discover.epochs=3", "model.widths=[8,16,16]", "model.hidden_dim=32",
-        "model.proj_dim=16", "discover.batch_size=128", "pretrain.batch_size=128"]
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data(preset("digits").data)
+FAST = fast(3)
 
 
 @pytest.fixture(scope="module")

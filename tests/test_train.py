@@ -9,18 +9,13 @@ import pytest
 import torch
 from sklearn.cluster import KMeans
 
-from crkd import Discover, NonFiniteLoss, Pretrain, apply_overrides, load_data, preset
+from crkd import Discover, NonFiniteLoss, Pretrain, apply_overrides, preset
 from crkd.cli import main
 from crkd.metrics import cluster_acc
 from crkd.relations import RELATIONS, Relation
+from tiny import fast
 
-FAST = ["pretrain.epochs=2", "discover.epochs=4", "model.widths=[8,16,16]", "model.hidden_dim=32",
-        "model.proj_dim=16", "discover.batch_size=128", "pretrain.batch_size=128"]
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_data(preset("digits").data)
+FAST = fast(4)
 
 
 @pytest.fixture(scope="module")
