@@ -328,10 +328,14 @@ def confirm(study: Study, job_list: list[dict], recorder_cls, verbose: bool) -> 
 
 def records(study: Study, job_list: list[dict]) -> list[dict]:
     out = []
+    unfinished = state(study).get("confirm") != "done"  # a report of a confirmation still under way
     for j in job_list:
         text = storage.read_text(record_path(study, j["id"]))
         if text:
             out.append(json.loads(text))
+        elif unfinished:
+            out.append({**{k: v for k, v in j.items() if k != "config"}, "outcome": "not run yet",
+                        "error": "the confirmation is unfinished (--resume continues it)", "final": {}, "history": []})
         else:  # a job Tune ended without a record: it failed outside the trainer
             out.append({**{k: v for k, v in j.items() if k != "config"}, "outcome": "failed",
                         "error": "no result recorded (see the run's error in MLflow)", "final": {}, "history": []})

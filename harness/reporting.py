@@ -341,6 +341,10 @@ def _markdown(info, metric, metrics, trials, configs, floors, below, comparisons
 
     # failures
     add("## Failed runs\n")
+    pending = [r for r in failed if r.get("outcome") == "not run yet"]
+    failed = [r for r in failed if r.get("outcome") != "not run yet"]
+    if pending:
+        add(f"{len(pending)} runs not run yet: the confirmation is unfinished, and this report is partial.\n")
     if failed:
         for r in failed:
             add(f"- {r.get('label')} ({r.get('role')}), seed {r.get('seed')}, job {r.get('job')}: "
