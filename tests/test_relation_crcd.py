@@ -262,21 +262,3 @@ def test_cli_run_completes(tmp_path):
     assert main(argv) == 0
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 <= metrics["novel/train/acc"] <= 1 and metrics["rel/crcd/student"] > 0
-
-
-@pytest.mark.parametrize("benchmark", ["digits", "cifar100-80-20", "imagenet-a"])
-def test_search_space_holds_the_defaults(benchmark):
-    pytest.importorskip("optuna", exc_type=ImportError)
-    from harness import spaces
-    space = spaces.load_space("crcd", benchmark)
-    assert space.fixed == {"discover.relation": "crcd"} and space.description
-    base = apply_overrides(preset(benchmark), space.fixed)
-    flat = base.flat()
-    assert {"discover.beta", "relation.tau", "relation.anchors"} <= set(space.fields.values())
-    for p in space.params.values():
-        assert p.contains(flat[p.field]), (p.field, flat[p.field])
-        if p.dist == "loguniform":
-            assert p.high / p.low >= 25
-    point, why = space.default_point(base)
-    assert point is not None, why
-    assert space.config(base, point).flat() == base.flat()

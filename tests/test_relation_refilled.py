@@ -278,21 +278,3 @@ def test_cli_run_completes(tmp_path):
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert 0 <= metrics["novel/train/acc"] <= 1
     assert metrics["rel/refilled/tuple"] > 0 and metrics["rel/refilled/cls"] > 0
-
-
-@pytest.mark.parametrize("benchmark", ["digits", "cifar100-80-20", "imagenet-a"])
-def test_search_space_holds_the_defaults(benchmark):
-    pytest.importorskip("optuna", exc_type=ImportError)
-    from harness import spaces
-    space = spaces.load_space("refilled", benchmark)
-    assert space.fixed == {"discover.relation": "refilled"} and space.description
-    base = apply_overrides(preset(benchmark), space.fixed)
-    flat = base.flat()
-    assert {"discover.beta", "relation.tau1", "relation.margin", "relation.tau2"} <= set(space.fields.values())
-    for p in space.params.values():
-        assert p.contains(flat[p.field]), (p.field, flat[p.field])
-        if p.dist == "loguniform":
-            assert p.high / p.low >= 25
-    point, why = space.default_point(base)
-    assert point is not None, why
-    assert space.config(base, point).flat() == base.flat()

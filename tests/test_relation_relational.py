@@ -249,23 +249,6 @@ def test_defaults():
     assert RELATIONS["sp"].uses == {"teacher", "maps"}
 
 
-# --- search spaces -------------------------------------------------------------------
-
-@pytest.mark.parametrize("name", NAMES)
-def test_search_space(name):
-    spaces = pytest.importorskip("harness.spaces", exc_type=ImportError)
-    space = spaces.load_space(name, "digits")
-    base = preset("digits")
-    flat = apply_overrides(base, [f"discover.relation={name}"]).flat()
-    assert space.fixed == {"discover.relation": name} or dict(space.fixed) == {"discover.relation": name}
-    assert space.description and space.params["beta"].field == "discover.beta"
-    assert len(space.params) <= 3
-    for p in space.params.values():
-        assert p.contains(flat[p.field]), (p.field, flat[p.field])
-        if p.dist == "loguniform":
-            assert p.high / p.low >= 25
-
-
 # --- end to end --------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", NAMES)

@@ -44,6 +44,22 @@ def test_shipped_space_parses(name, benchmark):
     assert cfg.flat() == base.flat()  # the first trial is exactly the preset
 
 
+# What each method's space searches (beside the shared checks of test_shipped_space_parses).
+METHOD_FIELDS = {
+    "crkd": {"discover.beta", "relation.t"}, "crkd-code": {"discover.beta", "relation.t"},
+    "crcd": {"discover.beta", "relation.tau", "relation.anchors"},
+    "refilled": {"discover.beta", "relation.tau1", "relation.margin", "relation.tau2"},
+    "rkd": {"discover.beta"}, "sp": {"discover.beta"}, "pkt": {"discover.beta"},
+}
+
+
+@pytest.mark.parametrize("name", sorted(METHOD_FIELDS))
+def test_method_space(name):
+    space = spaces.load_space(name, "digits")
+    assert dict(space.fixed) == {"discover.relation": name}
+    assert METHOD_FIELDS[name] <= set(space.fields.values()) and len(space.params) <= 5
+
+
 def test_space_contents():
     fields = lambda n: set(spaces.load_space(n, "digits").fields.values())  # noqa: E731
     assert fields("rkd_weights") == {"discover.alpha", "discover.beta"}

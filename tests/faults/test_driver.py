@@ -37,6 +37,20 @@ def assert_interrupted(out: str, name: str) -> None:
     assert f"--resume --name {name}" in out, out[-4000:]
 
 
+def interrupted_then_resumed(s, driver, storage, name: str, n_trials: int) -> None:
+    """A driver stopped gracefully: exit 130 with the resume hint, no run left RUNNING; then
+    --resume finishes the study with every column zero."""
+    assert s.ended(driver, 120) == 130, driver.tail()
+    assert_interrupted(driver.output(), name)
+    s.settle(driver)
+    uri, folder, journal = local(storage, name)
+    s.stopped(uri, name)
+    resumed = s.run(resume_cmd(storage, name), "resume", timeout=480)
+    assert resumed.rc == 0, resumed.tail()
+    s.count(uri, name, folder, journal, n_trials)
+    s.assert_zeros()
+
+
 def test_sigkill_mid_search_then_resume(scenario):
     s = scenario.begin(1, "driver SIGKILL mid-search, then --resume")
     storage, name = s.tmp / "runs", "kill9"
@@ -56,27 +70,18 @@ def test_sigkill_mid_search_then_resume(scenario):
 def test_sigterm_mid_confirmation_then_resume(scenario):
     s = scenario.begin(2, "driver SIGTERM mid-confirmation, then --resume")
     storage, name = s.tmp / "runs", "term"
-    uri, folder, journal = local(storage, name)
     driver = s.spawn(study_cmd(storage, name, samples=3), "driver")
     prog = Progress(journal_path(storage, name))
     wait_until(lambda: prog.update().running("confirm", min_step=2, role="confirm"), 400, "mid-confirmation",
                driver)
     driver.signal(signal.SIGTERM)
-    assert s.ended(driver, 120) == 130, driver.tail()
-    assert_interrupted(driver.output(), name)
-    s.settle(driver)
-    s.stopped(uri, name)
-    resumed = s.run(resume_cmd(storage, name), "resume", timeout=480)
-    assert resumed.rc == 0, resumed.tail()
-    s.count(uri, name, folder, journal, 3)
-    s.assert_zeros()
+    interrupted_then_resumed(s, driver, storage, name, 3)
 
 
 @pytest.mark.parametrize("delay", [0.5])
 def test_second_ctrl_c_during_shutdown(scenario, delay):
     s = scenario.begin(3, f"second Ctrl-C {delay:g} s into the first one's shutdown, then --resume")
     storage, name = s.tmp / "runs", "ctrlc2"
-    uri, folder, journal = local(storage, name)
     driver = s.spawn(study_cmd(storage, name, samples=TRIALS), "driver")
     prog = Progress(journal_path(storage, name))
     wait_until(lambda: mid_search(prog), 300, "mid-search", driver)
@@ -84,11 +89,4 @@ def test_second_ctrl_c_during_shutdown(scenario, delay):
     time.sleep(delay)
     assert driver.alive(), "the driver ended before the second Ctrl-C"
     driver.signal(signal.SIGINT)
-    assert s.ended(driver, 120) == 130, driver.tail()
-    assert_interrupted(driver.output(), name)
-    s.settle(driver)
-    s.stopped(uri, name)
-    resumed = s.run(resume_cmd(storage, name), "resume", timeout=480)
-    assert resumed.rc == 0, resumed.tail()
-    s.count(uri, name, folder, journal, TRIALS)
-    s.assert_zeros()
+    interrupted_then_resumed(s, driver, storage, name, TRIALS)
