@@ -24,7 +24,6 @@ mean and spread. Record the machine, commit and command with the figures.
 from __future__ import annotations
 
 import argparse
-import csv
 import glob
 import json
 import os
@@ -96,12 +95,12 @@ def harness(args, storage: str, name: str, space: str, extra: list[str]) -> dict
     # Inside the trials: Tune's time per result minus crkd's own epoch time; the Tune loop: from
     # the first trial's start to the last result (Tune's timestamps are whole seconds).
     ray_s, starts, ends = [], [], []
-    for f in glob.glob(os.path.join(storage, name, "search", "*", "progress.csv")):
+    for f in glob.glob(os.path.join(storage, name, "search", "*", "result.json")):
         with open(f) as fh:
-            for row in csv.DictReader(fh):
-                ray_s.append(float(row["time_this_iter_s"]) - float(row["time/epoch_s"]))
-                starts.append(float(row["timestamp"]) - float(row["time_total_s"]))
-                ends.append(float(row["timestamp"]))
+            for row in map(json.loads, fh):
+                ray_s.append(row["time_this_iter_s"] - row["time/epoch_s"])
+                starts.append(row["timestamp"] - row["time_total_s"])
+                ends.append(row["timestamp"])
     fit = max(ends) - min(starts)
     from mlflow.tracking import MlflowClient
     client = MlflowClient(f"sqlite:///{storage}/mlflow.db")

@@ -80,10 +80,16 @@ def _trainable(study: Study):
 
 def _run_config(study: Study, phase: str, callbacks: list, verbose: bool):
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from .console import silent_reporter
+    # Tune's default loggers write every result three times (JSON, CSV, TensorBoard), about
+    # half of the driver loop's CPU per result (docs/benchmarks.md, driver). result.json is
+    # all that is read back (Tune's ExperimentAnalysis, harness/sync.py).
+    os.environ["TUNE_DISABLE_AUTO_CALLBACK_LOGGERS"] = "1"
     return tune.RunConfig(
-        name=phase, storage_path=study.folder, verbose=1 if verbose else 0, callbacks=callbacks,
+        name=phase, storage_path=study.folder, verbose=1 if verbose else 0,
+        callbacks=[*callbacks, JsonLoggerCallback()],
         progress_reporter=None if verbose else silent_reporter(),
         failure_config=tune.FailureConfig(max_failures=study.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=study.keep_checkpoints))
