@@ -1,7 +1,6 @@
 """Models: encoder + cosine known head + multi-head novel heads."""
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from ..errors import CheckpointError
