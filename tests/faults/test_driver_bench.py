@@ -1,6 +1,7 @@
 """benchmarks/driver_bench.py end to end, tiny: a few stand-in trials through the harness's
 driver machinery (Tune + PruningOptunaSearch + ASHA + Recorder -> Journal -> Writer -> sqlite
-MLflow) and the synchronous variant; every metric row arrives once."""
+MLflow) and the synchronous variant; every metric row arrives once. In the fault suite
+(`make faults`) beside the other scale checks, to keep `make test` under ten minutes."""
 import json
 import os
 import subprocess
@@ -8,10 +9,10 @@ import sys
 
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
 
-@pytest.mark.slow
 def test_driver_bench_sqlite_tiny(tmp_path):
     out = tmp_path / "bench.json"
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "driver_bench.py"), "--backends", "sqlite",
