@@ -3,7 +3,6 @@ vectors, the positive at identity, a memory bound at batch 512, the memory banks
 element, options, resume and an end-to-end run on digits."""
 from __future__ import annotations
 
-import json
 import math
 import re
 
@@ -13,13 +12,12 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from crkd import Discover, Pretrain, apply_overrides, preset
-from crkd.cli import main
 from crkd.errors import ConfigError
 from crkd.losses.crcd import (ce_feature_grad, contrast_scores, infonce, momentum_update, nce, nce_log_z,
                               paired_relation_scores, relation_scores, top1)
 from crkd.relations import RELATIONS, Dims, StepContext
 from crkd.relations.crcd import CrcdOptions
-from tiny import fast
+from tiny import cli_run, fast, resumed_after, untimed
 
 FAST = fast(4)
 
@@ -242,23 +240,12 @@ def test_resume_gives_identical_metrics(digits, fast_teacher, tmp_path, extra):
     assert names and all(n.split(".")[1] in ("proj_s", "proj_t") for n in names)
     opt_params = {id(p) for g in first.opt.param_groups for p in g["params"]}
     assert not any(id(p) in opt_params for p in first.teacher.parameters())
-    for m in first:
-        if m["epoch"] == 2:
-            break
-    first.save(str(tmp_path / "d.pt"))
-    torch.manual_seed(12345)  # whatever happens to the global RNG in between must not matter
-    resumed = Discover.from_checkpoint(str(tmp_path / "d.pt"), digits)
-    rest = list(resumed)
+    rest = resumed_after(first, digits, str(tmp_path / "d.pt"), 2)
     assert [m["epoch"] for m in rest] == [3, 4]
-    strip = lambda m: {k: v for k, v in m.items() if not k.startswith("time/")}  # noqa: E731
-    assert strip(rest[-1]) == strip(full[-1])
+    assert untimed(rest[-1]) == untimed(full[-1])
     assert "rel/crcd/acc" in full[-1] and ("rel/crcd/grad_acc" in full[-1]) == bool(extra)
 
 
 def test_cli_run_completes(tmp_path):
-    torch.set_num_threads(1)
-    argv = ["run", "--benchmark", "digits", "--out", str(tmp_path), "--quiet", "--set", "discover.relation=crcd",
-            "--set", "pretrain.epochs=3", "--set", "discover.epochs=4"]
-    assert main(argv) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = cli_run(tmp_path, "crcd")
     assert 0 <= metrics["novel/train/acc"] <= 1 and metrics["rel/crcd/student"] > 0

@@ -4,7 +4,6 @@ options and an end-to-end run on digits."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 
@@ -13,12 +12,11 @@ import torch
 import torch.nn.functional as F
 
 from crkd import Discover, Pretrain, apply_overrides, preset
-from crkd.cli import main
 from crkd.errors import ConfigError
 from crkd.losses.refilled import centre_kd, pairwise_distances, tuple_facts, tuple_kl
 from crkd.relations import RELATIONS, Dims, SetupData, StepContext
 from crkd.relations.refilled import RefilledOptions
-from tiny import fast
+from tiny import cli_run, fast
 
 FAST = fast(4)
 
@@ -271,10 +269,6 @@ def test_discovery_hides_novel_labels_from_the_term(digits):
 
 
 def test_cli_run_completes(tmp_path):
-    torch.set_num_threads(1)
-    argv = ["run", "--benchmark", "digits", "--out", str(tmp_path), "--quiet", "--set", "discover.relation=refilled",
-            "--set", "pretrain.epochs=3", "--set", "discover.epochs=4"]
-    assert main(argv) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = cli_run(tmp_path, "refilled")
     assert 0 <= metrics["novel/train/acc"] <= 1
     assert metrics["rel/refilled/tuple"] > 0 and metrics["rel/refilled/cls"] > 0

@@ -10,10 +10,10 @@ import pytest
 import torch
 
 from crkd import apply_overrides, preset, validate
-from crkd.cli import main
 from crkd.errors import ConfigError
 from crkd.losses import pkt_loss, rkd_angle, rkd_distance, sp_loss
 from crkd.relations import RELATIONS, Dims, StepContext
+from tiny import cli_run
 
 NAMES = ["rkd", "sp", "pkt"]
 
@@ -253,11 +253,7 @@ def test_defaults():
 
 @pytest.mark.parametrize("name", NAMES)
 def test_cli_run_completes(name, tmp_path):
-    torch.set_num_threads(1)
-    argv = ["run", "--benchmark", "digits", "--out", str(tmp_path), "--quiet", "--set", f"discover.relation={name}",
-            "--set", "pretrain.epochs=3", "--set", "discover.epochs=4"]
-    assert main(argv) == 0
-    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    metrics = cli_run(tmp_path, name)
     assert metrics["loss/rel"] > 0 and math.isfinite(metrics["loss/rel"])
     assert any(k.startswith(f"rel/{name}/") for k in metrics)
     history = [json.loads(line) for line in (tmp_path / "history.jsonl").read_text().splitlines()]
