@@ -65,9 +65,7 @@ def history(rows: list[dict], metric: str, mode: str, path: str) -> None:
     ax.set(xlabel="trial", ylabel=metric, title=f"search history: {len(rows)} trials (early-stopped at their last epoch)")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def intermediate(rows: list[dict], metric: str, path: str) -> None:
@@ -83,9 +81,7 @@ def intermediate(rows: list[dict], metric: str, path: str) -> None:
     ax.set(xlabel="discovery epoch", ylabel=metric,
            title=f"learning curves of all {sum(bool(r['curve']) for r in rows)} trials (grey: early-stopped or failed)")
     ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def parallel(rows: list[dict], metric: str, path: str) -> None:
@@ -95,8 +91,7 @@ def parallel(rows: list[dict], metric: str, path: str) -> None:
     fig, ax = plt.subplots(figsize=(max(6, 2.2 * (len(names) + 1)), 4.5))
     if not names or not scored:
         ax.text(0.5, 0.5, "no scored trial yet", ha="center")
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        _save(plt, fig, path, tight=False)
         return
 
     def position(name, value, dist):
@@ -131,9 +126,7 @@ def parallel(rows: list[dict], metric: str, path: str) -> None:
     for x in range(len(labels)):
         ax.axvline(x, color="black", lw=0.5)
     ax.set_title(f"parallel coordinates: {len(scored)} trials (dashed: early-stopped, at their last epoch)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def importances(study, rows: list[dict], path: str) -> None:
@@ -157,9 +150,7 @@ def importances(study, rows: list[dict], path: str) -> None:
         ax.set_axis_off()
     ax.set_title(f"importances from {len(scored)} trials ({finished} finished, {len(scored) - finished} "
                  f"early-stopped at their last epoch's score)", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
 
 
 def study_plots(study) -> str | None:
@@ -182,3 +173,11 @@ def study_plots(study) -> str | None:
     finally:
         optuna.logging.set_verbosity(level)
     return folder
+
+
+def _save(plt, fig, path: str, tight: bool = True) -> None:
+    """Write the figure as a PNG (static: the plots load offline) and free it."""
+    if tight:
+        fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
