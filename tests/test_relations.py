@@ -15,7 +15,7 @@ from crkd.data.benchmarks import _tensor_data
 from crkd.losses import relation_kd
 from crkd.models import NCDModel
 from crkd.relations import RELATIONS, Options, Relation
-from tiny import fast
+from tiny import cli_run, fast
 
 FAST = fast(3)
 
@@ -247,3 +247,12 @@ def test_paired_batches_are_half_labeled_with_the_unlabeled_set_cycled():
     counts = np.bincount(seen_unlab)[~lab.numpy()]
     assert (counts == 8).all()  # every unlabeled image 160 / 20 = 8 times
     assert np.isfinite(next(iter(stage))["loss/total"])
+
+
+@pytest.mark.parametrize("name", ["uno", "none", "crkd-code"])
+def test_cli_run_completes(name, tmp_path):
+    """`python -m crkd run --set discover.relation=NAME` for the methods whose own test files
+    do not run it (crkd is the default of tests/test_train.py)."""
+    metrics = cli_run(tmp_path, name)
+    assert 0 <= metrics["novel/train/acc"] <= 1
+    assert (metrics["loss/rel"] > 0) == (name == "crkd-code")
