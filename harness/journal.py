@@ -64,7 +64,10 @@ class Journal:
         thread calls it, so an fsync never lands on Tune's loop."""
         now = time.monotonic()
         if now - self._synced > every_s:
-            os.fsync(self._file.fileno())
+            try:  # not under the append lock: an append never waits for the disk
+                os.fsync(self._file.fileno())
+            except ValueError:  # closed: the driver is ending, close() synced it
+                return
             self._synced = now
 
     def applied(self) -> int:
