@@ -29,7 +29,7 @@ FAST = ["--set", "pretrain.epochs=3", "--set", "model.widths=[8,16,16]", "--set"
 # MLflow's HTTP client retries a request 7 times with back-off (about four minutes) before it
 # raises; the harness sets nothing here and leans on its journal's own back-off around that.
 # With these a request to a server that is gone (connection refused) gives up within a few
-# seconds, so a server away for half a minute is longer than MLflow's budget and the journal's
+# seconds, so a server away for ten seconds is longer than MLflow's budget and the journal's
 # back-off is what the study relies on. The timeout stays long: a busy server answers late.
 SHORT_MLFLOW_RETRIES = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                         "MLFLOW_HTTP_REQUEST_TIMEOUT": "60"}

@@ -10,9 +10,12 @@ to a few seconds (support.SHORT_MLFLOW_RETRIES) and each outage is several times
             study goes on meanwhile (epochs keep coming), and the writer applies writes again
             after the restart (the journal's applied mark moves; on this 2-core machine a
             one-worker server takes about a second a request, so the backlog drains slowly);
-  outage 2: killed again once the confirmation starts and kept away until the driver has
-            ended: the driver ends normally and names harness/sync.py for the writes left in
-            the journal; with the server back, sync.py applies them.
+  outage 2: killed again as soon as writes arrive after the restart and kept away until the
+            driver has ended, so it spans what is left of the confirmation and all of the
+            report, whatever the machine's speed (on a fast one this tiny study's confirmation
+            takes seconds, so no test can promise to catch its start): the driver ends normally
+            and names harness/sync.py for the writes left in the journal; with the server
+            back, sync.py applies them.
 Then every run, epoch and outcome is in MLflow once.
 """
 from __future__ import annotations
@@ -27,20 +30,24 @@ from .support import (PY, SHORT_MLFLOW_RETRIES, SYNC, MlflowServer, Progress, ap
 pytest.importorskip("ray.tune", exc_type=ImportError)
 pytestmark = [pytest.mark.faults, pytest.mark.slow]
 
-TRIALS = 5
-AWAY_S = 20
+TRIALS = 8
+AWAY_S = 12
+# Confirmation runs go the whole MAX_T: 9 of them (top 1 + 2 baselines, 3 seeds) outlast the
+# writer's next try after the restart (its back-off is at most 30 s, ~20 s here), so the second
+# outage always lands before the report however fast the machine.
+MAX_T = 16
 
 
 def test_mlflow_server_away_mid_study(scenario):
-    s = scenario.begin(5, f"mlflow server killed {AWAY_S} s mid-search, then again from the confirmation "
-                          f"to the end (sync.py)")
+    s = scenario.begin(5, f"mlflow server killed {AWAY_S} s mid-search, then again from just after the "
+                          f"restart to the end (sync.py)")
     server = s.server(MlflowServer(s.tmp / "mlflow", s.tmp))
     server.start()
     storage, name = s.tmp / "runs", "away"
     journal = journal_path(storage, name)
     driver_env = env(**SHORT_MLFLOW_RETRIES)
-    driver = s.spawn(study_cmd(storage, name, "--tracking-uri", server.uri, samples=TRIALS, max_t=6,
-                               confirm_seeds=2), "driver", env=driver_env)
+    driver = s.spawn(study_cmd(storage, name, "--tracking-uri", server.uri, samples=TRIALS, max_t=MAX_T,
+                               confirm_seeds=3), "driver", env=driver_env)
     prog = Progress(journal)
     at = lambda: f"{time.time() - driver.started:.0f} s"  # noqa: E731
     wait_until(lambda: prog.update().running("search"), 300, "search trials running", driver)
@@ -58,11 +65,11 @@ def test_mlflow_server_away_mid_study(scenario):
     during = prog.update().epochs_between(t0, t1)
     assert during > 0, "the study stood still while the server was away"
 
-    wait_until(lambda: prog.update().of("confirm"), 400, "the confirmation started", driver)
     server.stop()
-    timeline.append(f"killed again at {at()} ({prog.update().ended('confirm')} confirmation runs ended)")
-    assert driver.alive() and '"confirm": "done"' not in (storage / name / "state.json").read_text(), \
-        "the confirmation ended before the second outage"
+    state = (storage / name / "state.json").read_text() if (storage / name / "state.json").is_file() else "{}"
+    timeline.append(f"killed again at {at()} (phases {state}; {prog.update().ended('confirm')} confirmation "
+                    f"runs ended)")
+    assert driver.alive() and '"report": "done"' not in state, "the study ended before the second outage"
     assert s.ended(driver, 600) == 0, driver.tail()
     timeline.append(f"driver ended at {at()}")
     out = driver.output()
