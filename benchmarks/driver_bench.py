@@ -323,11 +323,10 @@ def open_tracking(study, classes, sync: bool, null: bool = False):
 def build_tuner(study, classes, sync: bool, checkpoint: bool, epoch_s: float, warm_n: int, warm_s: float):
     """Like harness/phases.py `search`, with the stand-in trainable."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
     from ray import tune
 
     from harness import phases, spaces
+    from harness.search import optuna_storage
     import warnings
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -337,7 +336,7 @@ def build_tuner(study, classes, sync: bool, checkpoint: bool, epoch_s: float, wa
         space=space.distributions(), metric=study.metric, mode=study.mode, max_t=study.max_t,
         points_to_evaluate=[study.default_point] if study.default_point else None,
         sampler=optuna.samplers.TPESampler(seed=study.seed), study_name=study.name,
-        storage=JournalStorage(JournalFileBackend(study.optuna_journal)))
+        storage=optuna_storage(study.optuna_journal))
     scheduler = classes["TimedASHA"](time_attr="epoch", metric=study.metric, mode=study.mode, max_t=study.max_t,
                                      grace_period=study.grace_period, reduction_factor=study.reduction_factor)
     recorder = classes["SyncRecorder" if sync else "TimedRecorder"]("search", study.metric, study.max_t,

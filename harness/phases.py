@@ -121,13 +121,11 @@ def _ended(trials: list) -> bool:
 def search(study: Study, recorder_cls, verbose: bool) -> dict | None:
     """The search phase; the selection, or None if it was interrupted."""
     import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler
 
     from . import spaces
-    from .search import PruningOptunaSearch
+    from .search import PruningOptunaSearch, optuna_storage
     import warnings
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -144,7 +142,7 @@ def search(study: Study, recorder_cls, verbose: bool) -> dict | None:
             space=space.distributions(), metric=study.metric, mode=study.mode, max_t=study.max_t,
             points_to_evaluate=[study.default_point] if study.default_point else None,
             sampler=optuna.samplers.TPESampler(seed=study.seed), study_name=study.name,
-            storage=JournalStorage(JournalFileBackend(study.optuna_journal)))
+            storage=optuna_storage(study.optuna_journal))
         scheduler = ASHAScheduler(time_attr="epoch", metric=study.metric, mode=study.mode, max_t=study.max_t,
                                   grace_period=study.grace_period, reduction_factor=study.reduction_factor)
         recorder = recorder_cls("search", study.metric, study.max_t, study.fields, study.num_samples)

@@ -107,6 +107,36 @@ def test_searcher_marks_early_stopped_trials_pruned():
     assert optuna.load_study(study_name="s", storage=storage).trials[0].state == TrialState.PRUNED
 
 
+def test_held_journal_writes_a_trials_end_in_one_append(tmp_path):
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+    from harness.search import optuna_storage
+    path = str(tmp_path / "optuna.log")
+    storage = optuna_storage(path)
+    appends = []
+    write = storage._backend.file.append_logs
+    storage._backend.file.append_logs = lambda logs: (appends.append(len(logs)), write(logs))
+    s = make_searcher(storage, max_t=30)
+    s.suggest("a"), s.suggest("b")
+    for e in range(1, 30):
+        s.on_trial_result("a", {"acc": e / 100, "epoch": e})
+    appends.clear()
+    s.on_trial_complete("a", {"acc": 0.3, "epoch": 30})
+    s.on_trial_complete("b", {"acc": 0.05, "epoch": 5})
+    # per trial: its curve and two attributes in one append, then the tell (state, value)
+    assert appends[0] == 2 + 30 and appends[2] == 2 + 1, appends
+    assert len(appends) <= 6, appends
+    # an independent reader (as optuna-dashboard opens the file) sees every value, in order
+    trials = {t.user_attrs["tune_trial_id"]: t for t in
+              optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(path))).trials}
+    assert trials["a"].state == TrialState.COMPLETE and trials["a"].value == 0.3
+    assert trials["a"].intermediate_values == {e: e / 100 for e in range(1, 31)}
+    assert trials["b"].state == TrialState.PRUNED and trials["b"].intermediate_values == {5: 0.05}
+    assert trials["b"].user_attrs == {"tune_trial_id": "b", "epochs_reached": 5, "outcome": "early-stopped"}
+
+
 def test_searcher_adopts_trials_an_interrupted_driver_left_running():
     import optuna
     from optuna.trial import TrialState
