@@ -12,6 +12,19 @@ def test_presets_validate_and_round_trip(name):
     assert again == cfg
 
 
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_yaml_text_is_pure_pythons(name):
+    """The C dumper/loader (libyaml) write and read what PyYAML's own safe_dump/safe_load do:
+    saved configs, run-cache keys and exports do not depend on which one a machine has."""
+    import yaml
+    from crkd.relations import RELATIONS
+    for relation in RELATIONS:
+        cfg = validate(apply_overrides(preset(name), {"discover.relation": relation, "discover.alpha": 0.1 / 3}))
+        text = cfg.to_yaml()
+        assert text == yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+        assert Config.from_yaml(text).to_dict() == yaml.safe_load(text)
+
+
 def test_method_defaults():
     d = Config().discover
     assert (d.alpha, d.beta, d.tau, d.sk_epsilon, d.sk_iters, d.relation) == (1.0, 0.1, 0.1, 0.05, 3, "crkd")
