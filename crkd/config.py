@@ -19,12 +19,12 @@ from typing import Any, get_origin, get_type_hints
 import yaml
 
 from .errors import ConfigError
+from .relations import RELATIONS, Options
 
 # libyaml's C dumper and loader when PyYAML was built with it (the wheels are): the same text
 # as the pure-Python ones, 3-10x faster; a study's driver writes a config per trial.
 _Dumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-from .relations import RELATIONS, Options
 
 
 @dataclass

@@ -34,9 +34,9 @@ class HeldJournal(BaseJournalBackend):
 
     Every Optuna storage call is one append: a file lock, a write and an fsync (1-80 ms). A
     trial's end is ~100 of them (its curve, two attributes); under `hold()` they become one
-    append, one lock, one fsync, written before the `tell` that follows. Reads see the held
-    lines only once written, which is why only writes nothing reads back before `tell` go
-    there."""
+    append, one lock, one fsync, written before the `tell` that follows. Held lines are
+    invisible to reads until written, so only writes that nothing reads before the `tell`
+    are held."""
 
     def __init__(self, path: str):
         self.file = JournalFileBackend(path)
