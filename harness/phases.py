@@ -145,7 +145,7 @@ def search(study: Study, recorder_cls, verbose: bool) -> dict | None:
             storage=optuna_storage(study.optuna_journal))
         scheduler = ASHAScheduler(time_attr="epoch", metric=study.metric, mode=study.mode, max_t=study.max_t,
                                   grace_period=study.grace_period, reduction_factor=study.reduction_factor)
-        recorder = recorder_cls("search", study.metric, study.max_t, study.fields, study.num_samples)
+        recorder = recorder_cls("search", study.metric, study.max_t, study.fields, study.num_samples, study.mode)
         tuner = tune.Tuner(
             trainable,
             tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=study.num_samples,

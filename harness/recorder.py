@@ -39,8 +39,9 @@ class Recorder(tune.Callback):
     """Tracks a phase's runs. `phase`: "search" (trials named by their Optuna number and
     parameters) or "confirm" (jobs named by configuration and seed)."""
 
-    def __init__(self, phase: str, metric: str, max_t: int, fields: dict, total: int):
+    def __init__(self, phase: str, metric: str, max_t: int, fields: dict, total: int, mode: str = "max"):
         self.phase, self.metric, self.max_t, self.fields, self.total = phase, metric, max_t, fields, total
+        self.mode = mode
         self._reset()
 
     def _reset(self):
@@ -53,7 +54,7 @@ class Recorder(tune.Callback):
         self.results = 0
 
     def __getstate__(self):
-        return {k: self.__dict__[k] for k in ("phase", "metric", "max_t", "fields", "total")}
+        return {k: self.__dict__[k] for k in ("phase", "metric", "max_t", "fields", "total", "mode")}
 
     def __setstate__(self, state):
         self.__dict__.update(state)
@@ -128,7 +129,8 @@ class Recorder(tune.Callback):
             self._epochs += 1
         value = result.get(self.metric)
         if self.phase == "search" and step >= self.max_t and isinstance(value, (int, float)):
-            if self._best is None or value > self._best[0]:
+            sign = 1 if self.mode == "max" else -1
+            if self._best is None or sign * value > sign * self._best[0]:
                 self._best = (float(value), self._name(trial).split(" ")[0])
         self.console.progress(self, trials)
 

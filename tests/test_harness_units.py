@@ -198,3 +198,58 @@ def test_stage1_failure_is_recorded_once(tmp_path):
     assert failed["error"].startswith("NonFiniteLoss: pretrain: loss term")
     with pytest.raises(StageOneFailed, match="stage 1 of .* failed in run"):  # at once, no second training
         cache.teacher(cfg, log=lambda m: None)
+
+
+def _fake_trial(tid: str, n: int, alpha: float, status: str = "RUNNING", epoch: int = 0):
+    from types import SimpleNamespace
+    return SimpleNamespace(trial_id=tid, config={"_n": n, "alpha": alpha}, status=status,
+                           last_result={"epoch": epoch} if epoch else {})
+
+
+@pytest.mark.parametrize("mode, best", [("max", "0.7000 (#2)"), ("min", "0.3000 (#1)")])
+def test_console_progress_and_outcome_lines(mode, best):
+    """The quiet console's lines, read as a person would: counts by outcome, the best trial so
+    far in the study's direction, and one line per ended trial in the shared vocabulary."""
+    import io
+    from harness import recorder as rec_mod
+    from harness.console import Console
+
+    class Writer:
+        def __init__(self):
+            self.ops = []
+
+        def put(self, op):
+            self.ops.append(op)
+
+    out, writer = io.StringIO(), Writer()
+    rec_mod.ACTIVE.update(writer=writer, console=Console(interval_s=0, stream=out))
+    try:
+        rec = rec_mod.Recorder("search", "loss", max_t=3, fields={"alpha": "discover.alpha"}, total=4, mode=mode)
+        a, b, c = _fake_trial("a", 1, 0.5), _fake_trial("b", 2, 1.25), _fake_trial("c", 3, 2.0)
+        trials = [a, b, c]
+        for t in trials:
+            rec._logged[t.trial_id] = 0  # started (the run's creation needs a real study)
+        for epoch in (1, 2, 3):
+            rec.on_trial_result(0, trials, a, {"epoch": epoch, "loss": 0.3})
+            rec.on_trial_result(0, trials, b, {"epoch": epoch, "loss": 0.7})
+        rec.on_trial_result(0, trials, c, {"epoch": 1, "loss": 0.1})
+        for t in (a, b):
+            t.status, t.last_result = "TERMINATED", {"epoch": 3, "loss": 0.3 if t is a else 0.7}
+            rec.on_trial_complete(0, trials, t)
+        c.status, c.last_result = "TERMINATED", {"epoch": 1, "loss": 0.1}
+        rec.on_trial_complete(0, trials, c)
+        rec_mod.ACTIVE["console"].progress(rec, trials, force=True)
+    finally:
+        for k in ("writer", "console"):
+            rec_mod.ACTIVE.pop(k, None)
+    lines = out.getvalue().splitlines()
+    assert "search #1 alpha=0.5: finished: loss 0.3000" in lines
+    assert "search #3 alpha=2: stopped early at epoch 1: loss 0.1000" in lines
+    last = lines[-1]
+    # an early-stopped trial's value is not a finished trial's: it never becomes "best"
+    assert last.startswith(f"search: 3/4 done (2 finished, 1 early-stopped) | 0 running | best loss {best} | ")
+    ends = {op["key"]: op["status"] for op in writer.ops if op["op"] == "end"}
+    outcomes = {op["key"]: op["tags"]["crkd.outcome"] for op in writer.ops
+                if op["op"] == "tags" and "crkd.outcome" in op["tags"]}
+    assert outcomes == {"a": "finished", "b": "finished", "c": "early-stopped"}
+    assert ends == {"a": "FINISHED", "b": "FINISHED", "c": "FINISHED"}  # stopped early is not a failure
