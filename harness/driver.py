@@ -179,6 +179,9 @@ class Driver:
                 raise KeyboardInterrupt
         recs = phases.records(study, job_list)
         self.summary = phases.report(study, job_list)
+        # into the journal now (the parent run gets it at the end), so no scratch copy outlives this
+        self.report_files = self.writer.journal.stash(self.summary["folder"]) if self.writer else None
+        phases.drop_scratch(self.summary)
         self._report_summary()
         return self._exit_code(selection, recs)
 
@@ -205,7 +208,7 @@ class Driver:
 
     def _report_summary(self) -> None:
         s = self.summary
-        self.console.line(f"report: {os.path.join(s['folder'], 'report.md')}")
+        self.console.line(f"report: {storage.join(s['where'], 'report.md')}")
         if s.get("supported"):
             self.console.line(f"the confirmation supports: {s['supported']}")
         for baseline, winners in (s.get("beats") or {}).items():
@@ -245,9 +248,8 @@ class Driver:
                 # started and never ended: a second Ctrl-C cut Tune's own ending (the recorder's) short
                 self.writer.put({"op": "tags", "key": key, "tags": {"crkd.outcome": "interrupted"}})
                 self.writer.put({"op": "end", "key": key, "status": "KILLED"})
-            if summary:
-                self.writer.put({"op": "files", "key": "study", "dir": self.writer.journal.stash(summary["folder"]),
-                                 "path": "report"})
+            if getattr(self, "report_files", None):
+                self.writer.put({"op": "files", "key": "study", "dir": self.report_files, "path": "report"})
             self.writer.put({"op": "tags", "key": "study", "tags": tags})
             if metrics:
                 self.writer.put({"op": "metrics", "key": "study", "step": 0, "values": metrics})
@@ -274,11 +276,11 @@ class Driver:
             return
         try:
             from .plots import study_plots
-            folder = study_plots(self.study)
-            if folder:
-                storage.copy_dir(folder, self.study.path("plots"))  # beside the report, and on the parent run
-                self.writer.put({"op": "files", "key": "study", "dir": self.writer.journal.stash(folder),
-                                 "path": "plots"})
+            with tempfile.TemporaryDirectory(prefix="crkd-plots-") as folder:
+                if study_plots(self.study, folder):
+                    storage.copy_dir(folder, self.study.path("plots"))  # beside the report, and on the parent run
+                    self.writer.put({"op": "files", "key": "study", "dir": self.writer.journal.stash(folder),
+                                     "path": "plots"})
         except Exception as e:  # plots must not cost a study its ending
             logger.warning("study plots failed: %s", e)
 

@@ -19,6 +19,7 @@ import copy
 import json
 import os
 import re
+import shutil
 import tempfile
 import time
 
@@ -363,16 +364,24 @@ def report(study: Study, job_list: list[dict]) -> dict:
             "protocol": protocol(), "command": study.command, "created": study.created}
     trials = selection.get("trials", [])
     recs = records(study, job_list)
-    local = study.path("report") if not storage.is_uri(study.root) else tempfile.mkdtemp(prefix="crkd-report-")
+    # An object store gets the files from a local scratch folder; the caller drops it (drop_scratch).
+    scratch = storage.is_uri(study.root)
+    local = tempfile.mkdtemp(prefix="crkd-report-") if scratch else study.path("report")
     os.makedirs(local, exist_ok=True)
     summary = write_report(local, info, trials, recs)
     with open(os.path.join(local, "summary.json"), "w") as f:  # what export.py reads
         json.dump({k: v for k, v in summary.items() if k != "files"}, f, indent=1, default=str)
-    if storage.is_uri(study.root):
+    if scratch:
         storage.copy_dir(local, study.path("report"))
-    summary["folder"] = local
+    summary.update(folder=local, where=study.path("report"), scratch=scratch)
     mark(study, "report", "done")
     return summary
+
+
+def drop_scratch(summary: dict) -> None:
+    """Remove the local copy of a report written to an object store (see `report`)."""
+    if summary.get("scratch"):
+        shutil.rmtree(summary["folder"], ignore_errors=True)
 
 
 def protocol() -> str:

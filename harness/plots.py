@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 
 
 def _plt():
@@ -153,26 +152,25 @@ def importances(study, rows: list[dict], path: str) -> None:
     _save(plt, fig, path)
 
 
-def study_plots(study) -> str | None:
-    """The search's four plots in a new folder (None if the study has no Optuna journal)."""
+def study_plots(study, folder: str) -> bool:
+    """Draw the search's four plots into `folder` (False if the study has no Optuna journal)."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
     if not os.path.exists(study.optuna_journal):
-        return None
+        return False
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
         ot = optuna.load_study(study_name=study.name, storage=JournalStorage(JournalFileBackend(study.optuna_journal)))
         rows = _rows(ot)
-        folder = tempfile.mkdtemp(prefix="crkd-plots-")
         history(rows, study.metric, study.mode, os.path.join(folder, "history.png"))
         intermediate(rows, study.metric, os.path.join(folder, "intermediate.png"))
         parallel(rows, study.metric, os.path.join(folder, "parallel.png"))
         importances(ot, rows, os.path.join(folder, "importances.png"))
     finally:
         optuna.logging.set_verbosity(level)
-    return folder
+    return True
 
 
 def _save(plt, fig, path: str, tight: bool = True) -> None:

@@ -35,7 +35,7 @@ def main(argv=None) -> int:
         fail(f"study {args.name} has no confirmation runs yet (its confirmation never started); "
              f"continue it with python harness/tune.py --resume --name {args.name}")
     summary = phases.report(study, json.loads(text))
-    print(f"wrote {summary['folder']}: " + ", ".join(sorted(f.rsplit('/', 1)[-1] for f in summary["files"])))
+    print(f"wrote {summary['where']}: " + ", ".join(sorted(f.rsplit('/', 1)[-1] for f in summary["files"])))
     if summary.get("supported"):
         print(f"the confirmation supports: {summary['supported']}")
     if not args.no_mlflow:
@@ -49,6 +49,7 @@ def main(argv=None) -> int:
                 parent.info.run_id, summary["folder"], "report")
         except Exception as e:  # the files are on disk either way
             print(f"note: not attached to MLflow ({' '.join(str(e).split())[:200]})")
+    phases.drop_scratch(summary)
     return 0
 
 

@@ -14,6 +14,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -110,11 +111,13 @@ def study(tmp_path_factory):
     seeds, the transfer runs and the report: run once for the tests below."""
     cwd = tmp_path_factory.mktemp("e2e")
     storage = cwd / "runs"
+    scratch = set(Path(tempfile.gettempdir()).glob("crkd-*"))
     start = time.time()
     p = run(tune_cmd(storage, "e2e", "--space", "rkd_weights", "--num-samples", "6", "--confirm-top", "1",
                      "--confirm-seeds", "2"), cwd)
     seconds = time.time() - start
     assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    assert set(Path(tempfile.gettempdir()).glob("crkd-*")) <= scratch  # no scratch folder left behind
     selection = json.loads((storage / "e2e" / "selection.json").read_text())
     jobs = json.loads((storage / "e2e" / "confirm" / "jobs.json").read_text())
     return {"cwd": cwd, "storage": storage, "name": "e2e", "stdout": p.stdout, "seconds": seconds,

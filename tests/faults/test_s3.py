@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import shutil
 import signal
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import pytest
 
@@ -66,8 +68,12 @@ def test_s3_storage_cache_resume_export(scenario, monkeypatch):
     before = {k: teacher_info(s3, k) for k in sorted(p.name for p in mirror.iterdir())}
     assert before and all(before.values()), before  # on S3 already
     shutil.rmtree(mirror)  # a new machine: its stage-1 mirror is empty
+    scratch = set(Path(tempfile.gettempdir()).glob("crkd-*"))
     resumed = s.run(resume_cmd(root, name), "resume", timeout=600, env=driver_env)
     assert resumed.rc == 0, resumed.tail()
+    # the report is named where it lives, on S3; its local scratch copy is gone
+    assert f"report: {root}/{name}/report/report.md" in resumed.output(), resumed.tail()
+    assert set(Path(tempfile.gettempdir()).glob("crkd-*")) <= scratch
 
     out = s.tmp / "exported"
     export = s.run([PY, EXPORT, "--storage", root, "--name", name, "--out", str(out), "--top", "1"], "export",
