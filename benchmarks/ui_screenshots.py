@@ -26,9 +26,12 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 from harness import tracking
 
+# 2200 px wide: MLflow 3.17 opens its Assistant panel (~350 px) on a first visit from
+# localhost, and a fresh profile is always a first visit; narrower, it hides the leaderboard's
+# outcome and trial columns.
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                  "--window-size=1600,1000", "--virtual-time-budget=30000", "--hide-scrollbars"]
+                  "--window-size=2200,1000", "--virtual-time-budget=30000", "--hide-scrollbars"]
 
 
 def free_port() -> int:
