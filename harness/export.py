@@ -33,6 +33,8 @@ from harness import Parser, phases, storage, tracking
 from harness.driver import fail
 from harness.settings import CONFIRM_METRIC, SettingsError, Study
 
+VIEW_METRICS = {"rank", "objective"}  # logged for MLflow's leaderboard view only
+
 
 def _header(study: Study, lines: list[str], rerun: str) -> str:
     import platform
@@ -141,10 +143,13 @@ def main(argv=None) -> int:
         t = run.data.tags
         r = by_run.get(run.info.run_id)
         if r is not None:
-            trial_rows.append({**r, **{f"final/{k}": v for k, v in sorted(run.data.metrics.items())},
-                               **{f"config/{k}": v for k, v in sorted(run.data.params.items())}})
+            # without the MLflow view's helpers (rank, the rounded objective, tuned.*): the row has them exact
+            trial_rows.append({**r, **{f"final/{k}": v for k, v in sorted(run.data.metrics.items())
+                                       if k not in VIEW_METRICS},
+                               **{f"config/{k}": v for k, v in sorted(run.data.params.items())
+                                  if not k.startswith("tuned.")}})
         by_epoch: dict[int, dict] = {}
-        for key in sorted(run.data.metrics):
+        for key in sorted(set(run.data.metrics) - VIEW_METRICS):
             for m in client.get_metric_history(run.info.run_id, key):
                 by_epoch.setdefault(m.step, {})[key] = m.value  # a re-logged epoch keeps its last value
         for epoch in sorted(by_epoch):

@@ -120,7 +120,7 @@ def study(tmp_path_factory):
     assert set(Path(tempfile.gettempdir()).glob("crkd-*")) <= scratch  # no scratch folder left behind
     selection = json.loads((storage / "e2e" / "selection.json").read_text())
     jobs = json.loads((storage / "e2e" / "confirm" / "jobs.json").read_text())
-    return {"cwd": cwd, "storage": storage, "name": "e2e", "stdout": p.stdout, "seconds": seconds,
+    return {"cwd": cwd, "storage": storage, "name": "e2e", "stdout": p.stdout, "stderr": p.stderr, "seconds": seconds,
             "selection": selection, "jobs": jobs}
 
 
@@ -160,6 +160,9 @@ def test_study_runs_tracks_and_reports(study):
     plots = set(tracking.list_artifacts(c, parent.info.run_id, "plots"))
     assert plots == {f"plots/{p}.png" for p in ("history", "intermediate", "parallel", "importances")}
     assert (storage / name / "plots" / "history.png").is_file()
+    # the quiet console: no Ray status table, no Tune "performance bottleneck" warning
+    console = study["stdout"] + study["stderr"]
+    assert "bottleneck" not in console and "Trial status" not in console and "== Status ==" not in console
     print(f"study: {study['seconds']:.0f} s")
 
 
@@ -244,6 +247,19 @@ def test_export_reruns_bit_for_bit_with_default_settings(study, tmp_path):
                if json.loads(f.read_text()).get("label") == label and json.loads(f.read_text())["seed"] == seed)
     assert metrics["novel/train/acc"] == rec["final"]["novel/train/acc"]
     assert metrics["loss/total"] == rec["final"]["loss/total"]
+
+    # and a search trial: its export re-runs the proxy task (one fold) to the trial's own value
+    (search,) = out.glob("search-rank01-*.yaml")
+    header = search.read_text().splitlines()
+    cmd = next(ln for ln in header if ln.startswith("# re-run: ")).split("# re-run: ")[1].split()
+    p = subprocess.run([sys.executable, *cmd[1:], "--quiet"], cwd=out, capture_output=True, text=True, timeout=300,
+                       env=env)
+    assert p.returncode == 0, p.stderr[-2000:]
+    metrics = json.loads((out / cmd[-1] / "metrics.json").read_text())
+    (row,) = [t for t in trials if t["rank"] == 1]
+    assert metrics["epoch"] == row["epochs"]
+    assert metrics["novel/train/acc"] == row[study["selection"]["metric"]]
+    assert not [k for k in trials[0] if k.startswith("config/tuned.") or k in ("final/rank", "final/objective")]
 
 
 def count_outcomes(db: Path) -> int:
