@@ -253,3 +253,47 @@ def test_console_progress_and_outcome_lines(mode, best):
                 if op["op"] == "tags" and "crkd.outcome" in op["tags"]}
     assert outcomes == {"a": "finished", "b": "finished", "c": "early-stopped"}
     assert ends == {"a": "FINISHED", "b": "FINISHED", "c": "FINISHED"}  # stopped early is not a failure
+
+
+def test_plots_draw_every_trial_with_log_axes(monkeypatch):
+    """The study plots count pruned trials (at their last epoch) beside finished ones, put a
+    log-scale parameter on a log axis and draw the best *finished* score so far."""
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from harness import plots
+    figures = {}
+    monkeypatch.setattr(plots, "_save", lambda plt, fig, path, tight=True: figures.__setitem__(path, fig))
+    dist = {"alpha": FloatDistribution(0.01, 100.0, log=True), "beta": FloatDistribution(0.0, 1.0)}
+    study = optuna.create_study(direction="maximize")
+    for alpha, beta, state, curve in [(1.0, 0.5, TrialState.COMPLETE, [0.2, 0.4, 0.6]),
+                                      (0.01, 0.0, TrialState.PRUNED, [0.9]),
+                                      (100.0, 1.0, TrialState.PRUNED, [0.1, 0.3]),
+                                      (10.0, 0.2, TrialState.FAIL, [])]:
+        study.add_trial(create_trial(state=state, params={"alpha": alpha, "beta": beta}, distributions=dist,
+                                     value=curve[-1] if state == TrialState.COMPLETE else None,
+                                     intermediate_values=dict(enumerate(curve, 1))))
+    rows = plots._rows(study)
+    assert [(r["kind"], r["last"], r["epochs"]) for r in rows] == [
+        ("finished", 0.6, 3), ("early-stopped", 0.9, 1), ("early-stopped", 0.3, 2), ("failed", None, 0)]
+
+    plots.parallel(rows, "acc", "parallel")
+    (ax,) = figures["parallel"].axes
+    lines = ax.get_lines()[:3]  # one per scored trial (the rest are the axes' verticals)
+    ys = [list(ln.get_ydata()[:2]) for ln in lines]  # alpha (log axis), beta
+    assert ys == [pytest.approx(y) for y in ([0.5, 0.5], [0.0, 0.0], [1.0, 1.0])]  # alpha 1 mid-axis, as 0.5 is
+    assert [ln.get_linestyle() for ln in lines] == ["-", "--", "--"]
+    assert "log" in ax.get_xticklabels()[0].get_text()
+
+    plots.history(rows, "acc", "max", "history")
+    (ax,) = figures["history"].axes
+    legend = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert legend == ["finished (1)", "early-stopped (2)", "failed (1)", "best finished so far"]
+    best = [ln for ln in ax.get_lines()][-1]
+    assert list(best.get_ydata()) == [0.6, 0.6, 0.6, 0.6]  # the pruned 0.9 is not "best"
+
+    plots.intermediate(rows, "acc", "intermediate")
+    assert len(figures["intermediate"].axes[0].get_lines()) == 3
+    plots.importances(study, rows, "importances")
+    assert "from 3 trials (1 finished, 2 early-stopped" in figures["importances"].axes[0].get_title()
