@@ -135,6 +135,14 @@ class PruningOptunaSearch(OptunaSearch):
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         ot_trial = self._ot_trials[trial_id]
+        if self._ot_study._storage.get_trial(ot_trial._trial_id).state.is_finished():
+            # Told before a killed driver's state was saved, and re-run since: the study keeps
+            # the first ending. Writing this one would put updates of a finished trial in the
+            # journal, which Optuna replays as errors at the next read (the held writes are
+            # appended unchecked), so nothing is written.
+            self._values.pop(trial_id, None)
+            self._completed_trials.add(trial_id)
+            return
         value = result.get(self._metric) if result else None
         reached = int(result.get(self.time_attr, 0)) if result else 0
         if error:
@@ -157,8 +165,6 @@ class PruningOptunaSearch(OptunaSearch):
                 for step in sorted(curve):
                     ot_trial.report(curve[step], step)
             self._ot_study.tell(ot_trial, values, state=state)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            pass  # told before a killed driver's state was saved; the rerun changes nothing
         except Exception as exc:
             logger.warning("Optuna tell for trial %s: %s", trial_id, exc)
         self._completed_trials.add(trial_id)

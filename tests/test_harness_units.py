@@ -137,6 +137,33 @@ def test_held_journal_writes_a_trials_end_in_one_append(tmp_path):
     assert trials["b"].user_attrs == {"tune_trial_id": "b", "epochs_reached": 5, "outcome": "early-stopped"}
 
 
+def test_a_trial_told_before_a_kill_is_not_told_again(tmp_path):
+    """kill -9 after a trial's tell and before Tune saved its state: the resumed driver re-runs
+    the trial and ends it again. Nothing of that second ending may reach the journal (Optuna
+    replays a finished trial's update from its own process as an error, at the next read)."""
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+    from optuna.trial import TrialState
+    from harness.search import optuna_storage
+    path = str(tmp_path / "optuna.log")
+    s1 = make_searcher(optuna_storage(path))
+    s1.suggest("a")
+    for e in (1, 2, 3):
+        s1.on_trial_result("a", {"acc": e / 10, "epoch": e})
+    s1.on_trial_complete("a", {"acc": 0.4, "epoch": 4})  # told; then the driver is killed
+    number = s1._ot_trials["a"].number
+    s2 = make_searcher(optuna_storage(path))  # the resumed driver: its snapshot has "a" running
+    s2._ot_trials = {"a": optuna.Trial(s2._ot_study, s1._ot_trials["a"]._trial_id)}
+    for e in (1, 2, 3):
+        s2.on_trial_result("a", {"acc": e / 20, "epoch": e})
+    s2.on_trial_complete("a", {"acc": 0.2, "epoch": 4})
+    assert s2.suggest("b")["_n"] == number + 1  # reads the journal: no error
+    trials = optuna.load_study(study_name="s", storage=JournalStorage(JournalFileBackend(path))).trials
+    assert trials[number].state == TrialState.COMPLETE and trials[number].value == 0.4
+    assert trials[number].intermediate_values == {1: 0.1, 2: 0.2, 3: 0.3, 4: 0.4}
+
+
 def test_searcher_adopts_trials_an_interrupted_driver_left_running():
     import optuna
     from optuna.trial import TrialState
