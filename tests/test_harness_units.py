@@ -227,10 +227,10 @@ def test_stage1_failure_is_recorded_once(tmp_path):
         cache.teacher(cfg, log=lambda m: None)
 
 
-def _fake_trial(tid: str, n: int, alpha: float, status: str = "RUNNING", epoch: int = 0):
+def _fake_trial(tid: str, n: int, alpha: float):
+    """What the Recorder and Console read of a running Tune trial."""
     from types import SimpleNamespace
-    return SimpleNamespace(trial_id=tid, config={"_n": n, "alpha": alpha}, status=status,
-                           last_result={"epoch": epoch} if epoch else {})
+    return SimpleNamespace(trial_id=tid, config={"_n": n, "alpha": alpha}, status="RUNNING", last_result={})
 
 
 @pytest.mark.parametrize("mode, best", [("max", "0.7000 (#2)"), ("min", "0.3000 (#1)")])
