@@ -59,6 +59,7 @@ class Driver:
         self.console = Console()
         self.lock = lock or storage.DriverLock(study.folder)  # `lock`: taken already (a new study)
         self.writer = None
+        self.report_files = None  # the report, stashed in the tracking journal for the parent run
         self.interrupted = False
 
     # --- the whole run -----------------------------------------------------------------------
@@ -248,7 +249,7 @@ class Driver:
                 # started and never ended: a second Ctrl-C cut Tune's own ending (the recorder's) short
                 self.writer.put({"op": "tags", "key": key, "tags": {"crkd.outcome": "interrupted"}})
                 self.writer.put({"op": "end", "key": key, "status": "KILLED"})
-            if getattr(self, "report_files", None):
+            if self.report_files:
                 self.writer.put({"op": "files", "key": "study", "dir": self.report_files, "path": "report"})
             self.writer.put({"op": "tags", "key": "study", "tags": tags})
             if metrics:
@@ -277,10 +278,10 @@ class Driver:
         try:
             from .plots import study_plots
             with tempfile.TemporaryDirectory(prefix="crkd-plots-") as folder:
-                if study_plots(self.study, folder):
-                    storage.copy_dir(folder, self.study.path("plots"))  # beside the report, and on the parent run
-                    self.writer.put({"op": "files", "key": "study", "dir": self.writer.journal.stash(folder),
-                                     "path": "plots"})
+                study_plots(self.study, folder)
+                storage.copy_dir(folder, self.study.path("plots"))  # beside the report, and on the parent run
+                self.writer.put({"op": "files", "key": "study", "dir": self.writer.journal.stash(folder),
+                                 "path": "plots"})
         except Exception as e:  # plots must not cost a study its ending
             logger.warning("study plots failed: %s", e)
 

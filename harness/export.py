@@ -33,8 +33,6 @@ from harness import Parser, phases, storage, tracking
 from harness.driver import fail
 from harness.settings import CONFIRM_METRIC, SettingsError, Study
 
-VIEW_METRICS = {"rank", "objective"}  # logged for MLflow's leaderboard view only
-
 
 def _header(study: Study, lines: list[str], rerun: str) -> str:
     import platform
@@ -143,13 +141,13 @@ def main(argv=None) -> int:
         t = run.data.tags
         r = by_run.get(run.info.run_id)
         if r is not None:
-            # without the MLflow view's helpers (rank, the rounded objective, tuned.*): the row has them exact
+            # without the MLflow views' columns (rank, the rounded objective, tuned.*): the row has them exact
             trial_rows.append({**r, **{f"final/{k}": v for k, v in sorted(run.data.metrics.items())
-                                       if k not in VIEW_METRICS},
+                                       if k not in tracking.VIEW_METRICS},
                                **{f"config/{k}": v for k, v in sorted(run.data.params.items())
-                                  if not k.startswith("tuned.")}})
+                                  if not k.startswith(tracking.VIEW_PARAMS)}})
         by_epoch: dict[int, dict] = {}
-        for key in sorted(set(run.data.metrics) - VIEW_METRICS):
+        for key in sorted(set(run.data.metrics) - tracking.VIEW_METRICS):
             for m in client.get_metric_history(run.info.run_id, key):
                 by_epoch.setdefault(m.step, {})[key] = m.value  # a re-logged epoch keeps its last value
         for epoch in sorted(by_epoch):

@@ -152,13 +152,11 @@ def importances(study, rows: list[dict], path: str) -> None:
     _save(plt, fig, path)
 
 
-def study_plots(study, folder: str) -> bool:
-    """Draw the search's four plots into `folder` (False if the study has no Optuna journal)."""
+def study_plots(study, folder: str) -> None:
+    """Draw the search's four plots, from its Optuna journal, into `folder`."""
     import optuna
     from optuna.storages import JournalStorage
     from optuna.storages.journal import JournalFileBackend
-    if not os.path.exists(study.optuna_journal):
-        return False
     level = optuna.logging.get_verbosity()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     try:
@@ -170,7 +168,6 @@ def study_plots(study, folder: str) -> bool:
         importances(ot, rows, os.path.join(folder, "importances.png"))
     finally:
         optuna.logging.set_verbosity(level)
-    return True
 
 
 def _save(plt, fig, path: str, tight: bool = True) -> None:

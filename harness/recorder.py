@@ -18,7 +18,7 @@ import time
 
 from ray import tune
 
-from .tracking import ROLE, STATUS
+from .tracking import ROLE, STATUS, VIEW_PARAMS
 
 # Result keys that Tune adds; everything else numeric that a run reports is logged.
 TUNE_KEYS = {"training_iteration", "time_total_s", "time_this_iter_s", "timestamp", "date", "pid",
@@ -100,7 +100,7 @@ class Recorder(tune.Callback):
         study = ACTIVE["study"]
         cfg = _config_of(trial.config, study)
         # The tuned values again, rounded, as the leaderboard's columns (the config's own are exact).
-        tuned = {f"tuned.{n}": short(trial.config[n]) for n in self.fields if n in trial.config}
+        tuned = {f"{VIEW_PARAMS}{n}": short(trial.config[n]) for n in self.fields if n in trial.config}
         self.writer.put({"op": "run", "key": trial.trial_id, "name": self._name(trial), "tags": self._tags(trial),
                          "params": {**cfg.flat(), **tuned}})
         self.writer.put({"op": "files", "key": trial.trial_id,

@@ -239,6 +239,9 @@ def ui_command(uri: str, port: int = 5000) -> str:
 
 
 VIEW = "mlflow.sharedViewState."  # an experiment tag the UI reads as a saved view (?viewStateShareKey=)
+# What runs log only as the views' columns (exports leave them out: the exact values are there too)
+VIEW_METRICS = {"rank", "objective"}
+VIEW_PARAMS = "tuned."  # prefix of the tuned values, rounded
 
 
 def views(fields: list[str], objective: str) -> dict[str, str]:
@@ -253,7 +256,7 @@ def views(fields: list[str], objective: str) -> dict[str, str]:
     leaderboard = {
         "searchFilter": "tags.`crkd.role` = 'trial'", "orderByKey": col("metrics", "rank"), "orderByAsc": True,
         "selectedColumns": [col("metrics", "rank"), col("metrics", "objective"),
-                            *(col("params", f"tuned.{f}") for f in fields),
+                            *(col("params", f"{VIEW_PARAMS}{f}") for f in fields),
                             col("metrics", "epoch"), col("tags", "crkd.outcome"), col("tags", "crkd.optuna_trial")]}
     confirmation = {
         "searchFilter": "tags.`crkd.role` = 'confirm'", "orderByKey": col("metrics", "objective"),
